@@ -1,0 +1,26 @@
+"""mmnorm: learning-to-normalize layers for the OpenMMLab toolkits.
+
+``import mmnorm`` registers every mmnorm normalization layer in mmengine's
+root ``MODELS`` registry, where ``build_norm_layer`` finds it from every
+toolkit's scope, and mmnorm's hooks in the root ``HOOKS`` registry. It
+imports no toolkit (mmdet, mmseg, mmaction2); their extras live in
+``mmnorm.mmdet``, ``mmnorm.mmseg`` and ``mmnorm.mmaction``.
+"""
+from mmengine.registry import MODELS
+
+from .compat import guards
+from .engine import (PopulationStatsHook, recompute_population_stats,
+                     sn_paramwise_cfg)
+from .layers import SwitchableNorm
+from .version import __version__
+
+#: type name in configs -> layer class
+NORM_LAYERS = {'SN': SwitchableNorm}
+
+for _name, _cls in NORM_LAYERS.items():
+    if MODELS.module_dict.get(_name) is not _cls:  # importing twice is fine
+        MODELS.register_module(_name, module=_cls)
+guards.install()
+
+__all__ = ['NORM_LAYERS', 'PopulationStatsHook', 'SwitchableNorm',
+           '__version__', 'recompute_population_stats', 'sn_paramwise_cfg']

@@ -1,0 +1,128 @@
+"""Refuse the OpenMMLab conversions that would silently break mmnorm layers.
+
+mmnorm layers subclass ``_BatchNorm`` so that the toolkits treat them like BN
+where that is right (``norm_eval``, weight decay rules, init, checkpoints).
+Three conversions also key on ``_BatchNorm`` and would be wrong for them:
+
+* ``sync_bn`` (mmengine's / torch's ``convert_sync_batchnorm``) replaces every
+  ``_BatchNorm`` by ``SyncBatchNorm``, dropping SN's IN and LN branches;
+* mmcv's ``fuse_conv_bn`` (``--fuse-conv-bn``) folds an eval-mode BN into
+  the preceding conv from its running statistics;
+* ``efficient_conv_bn_eval`` (mmcv's ``ConvModule`` and mmengine's graph
+  rewrite) does the same folding on the fly.
+
+A layer whose eval-mode output is not a fixed affine map declares
+``folds_into_conv = False``. :func:`install` wraps those entry points so that
+they raise a ``ValueError`` naming the layers instead of changing the model.
+Models without such layers are converted exactly as before.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+from torch import nn
+
+_MARK = '__mmnorm_guarded__'
+
+
+def unfoldable_layers(module: nn.Module) -> list[str]:
+    """Names of the layers in ``module`` that declare
+    ``folds_into_conv = False`` ('' is ``module`` itself)."""
+    return [name for name, m in module.named_modules()
+            if getattr(m, 'folds_into_conv', True) is False]
+
+
+def _describe(names: list[str]) -> str:
+    shown = ', '.join(repr(n) for n in names[:5])
+    more = f' and {len(names) - 5} more' if len(names) > 5 else ''
+    return f'{shown}{more}'
+
+
+def _guard(func: Callable, what: str, advice: str,
+           module_arg: int = 0) -> Callable:
+    if getattr(func, _MARK, False):
+        return func
+
+    @functools.wraps(func)
+    def guarded(*args, **kwargs):
+        module = args[module_arg] if len(args) > module_arg else None
+        if module is None:
+            module = next(iter(kwargs.values()), None)
+        if isinstance(module, nn.Module):
+            names = unfoldable_layers(module)
+            if names:
+                raise ValueError(
+                    f'{what} cannot be applied to mmnorm layers (they are not '
+                    f'BatchNorm: their output depends on each sample, not '
+                    f'only on running statistics); found '
+                    f'{_describe(names)}. {advice}')
+        return func(*args, **kwargs)
+
+    setattr(guarded, _MARK, True)
+    return guarded
+
+
+_SYNC_ADVICE = ("Remove 'sync_bn' from the config: SN keeps per-process "
+                'statistics, as in the SN paper.')
+_FUSE_ADVICE = 'Run without --fuse-conv-bn / fuse_conv_bn for this model.'
+_EFFICIENT_ADVICE = ("Remove 'efficient_conv_bn_eval' for the modules that "
+                     'contain mmnorm layers.')
+
+
+def _rebind(module_names: list[str], attr: str, new: Callable) -> None:
+    for name in module_names:
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, attr):
+            setattr(mod, attr, new)
+
+
+def install() -> None:
+    """Wrap the conversions listed in the module docstring (idempotent)."""
+    import torch
+    import mmengine.model.efficient_conv_bn_eval as ecbe
+    import mmengine.model.utils as mme_utils
+
+    sync = _guard(mme_utils.convert_sync_batchnorm,
+                  "mmengine's convert_sync_batchnorm (cfg.sync_bn)",
+                  _SYNC_ADVICE)
+    _rebind(['mmengine.model.utils', 'mmengine.model',
+             'mmengine.runner.runner'], 'convert_sync_batchnorm', sync)
+
+    torch_convert = torch.nn.SyncBatchNorm.convert_sync_batchnorm
+    if not getattr(torch_convert, _MARK, False):
+        guarded = _guard(torch_convert, 'torch.nn.SyncBatchNorm.'
+                         'convert_sync_batchnorm', _SYNC_ADVICE)
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(
+            guarded)
+
+    ecbe.turn_on_efficient_conv_bn_eval_for_single_model = _guard(
+        ecbe.turn_on_efficient_conv_bn_eval_for_single_model,
+        "mmengine's efficient_conv_bn_eval", _EFFICIENT_ADVICE)
+
+    try:
+        import mmcv.cnn.bricks.conv_module as conv_module
+        import mmcv.cnn.utils.fuse_conv_bn as fuse_mod
+    except ImportError:  # mmcv is optional for the layers themselves
+        return
+    fuse = _guard(fuse_mod.fuse_conv_bn, "mmcv's fuse_conv_bn", _FUSE_ADVICE)
+    _rebind(['mmcv.cnn.utils.fuse_conv_bn', 'mmcv.cnn.utils', 'mmcv.cnn'],
+            'fuse_conv_bn', fuse)
+
+    conv_cls = conv_module.ConvModule
+    turn_on = conv_cls.turn_on_efficient_conv_bn_eval
+    if not getattr(turn_on, _MARK, False):
+
+        @functools.wraps(turn_on)
+        def guarded_turn_on(self, efficient_conv_bn_eval=True):
+            if efficient_conv_bn_eval and getattr(
+                    self.norm, 'folds_into_conv', True) is False:
+                raise ValueError(
+                    'ConvModule(efficient_conv_bn_eval=True) cannot fold '
+                    f'the mmnorm layer {type(self.norm).__name__} into its '
+                    f'conv (it is not BatchNorm). {_EFFICIENT_ADVICE}')
+            return turn_on(self, efficient_conv_bn_eval)
+
+        setattr(guarded_turn_on, _MARK, True)
+        conv_cls.turn_on_efficient_conv_bn_eval = guarded_turn_on

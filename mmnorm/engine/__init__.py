@@ -1,0 +1,7 @@
+"""Training-time machinery: hooks and post-training tools."""
+from .hooks import PopulationStatsHook
+from .optim import sn_paramwise_cfg
+from .population import recompute_population_stats
+
+__all__ = ['PopulationStatsHook', 'recompute_population_stats',
+           'sn_paramwise_cfg']

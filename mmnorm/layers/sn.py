@@ -1,0 +1,208 @@
+"""Switchable Normalization (Luo et al., 2019) as an OpenMMLab norm layer.
+
+SN normalizes with a learned mixture of instance, layer and batch
+statistics. mmnorm's layer:
+
+* serves ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)`` and ``(N, C, T, H, W)``
+  input with one class, so ``norm_cfg=dict(type='SN')`` works in 2D and 3D
+  convolutions and in fully connected heads;
+* subclasses :class:`torch.nn.modules.batchnorm._BatchNorm` with ``(C,)``
+  ``weight``/``bias``/``running_mean``/``running_var``, so ``norm_eval``,
+  ``frozen_stages``, default init, ``norm_decay_mult``, ``zero_init_residual``
+  and BN-pretrained checkpoints treat it like BN;
+* computes its output with the fused kernel of
+  :mod:`mmnorm.ops.moment_norm` (one pass for statistics, one for the
+  output; backward saves only the input).
+
+Semantics follow the authors' code: unbiased IN variance, LN and BN
+statistics derived from the IN ones, separate softmax weights for means and
+variances in the order [IN, LN, BN], running BN statistics at inference while
+IN and LN stay per sample. ``momentum`` follows PyTorch's convention.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..ops import BRANCHES, masked_softmax, moment_norm, switchable_stats
+
+_SUPPORTED_RANKS = (2, 3, 4, 5)
+
+
+class SwitchableNorm(_BatchNorm):
+    """Switchable Normalization over any input rank from 2 to 5.
+
+    Args:
+        num_features: channel count ``C``.
+        eps: added to the mixed variance. Default: 1e-5.
+        momentum: weight of the newest batch in the running statistics
+            (PyTorch convention; ``None`` means a cumulative average).
+            Default 0.1 equals the authors' SN2d keep factor 0.9; their
+            detection, segmentation and video code keeps 0.997, i.e.
+            ``momentum=0.003`` here.
+        affine: learn a per-channel ``weight`` and ``bias``. Default: True.
+        using_bn: include the BN branch. Without it the layer mixes IN and
+            LN only, has no running buffers and behaves the same in training
+            and inference (the authors' choice for batch size 1).
+        using_moving_average: track running BN statistics by exponential
+            moving average while training. When False, training leaves the
+            buffers alone and they must be recomputed from the training data
+            afterwards with :func:`mmnorm.engine.recompute_population_stats`
+            (or the ``PopulationStatsHook``).
+
+    Shape:
+        - Input: ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)`` or
+          ``(N, C, T, H, W)``.
+        - Output: same as the input.
+
+    Edge cases (never NaN for finite input):
+        - ``(N, C)`` input has no IN branch (a single element per slice);
+          the mixture is over [LN, BN] like the authors' SN1d.
+        - A ``1 x 1`` map (PSP/ASPP pooling branches) has IN variance 0, so
+          the IN part of the variance is 0 rather than NaN.
+        - Batch size 1 in training: the BN statistics equal the IN ones
+          (``(N, C)`` input: the BN variance is 0).
+        - Constant input: every variance is 0 and the output is ``bias``.
+    """
+
+    # OpenMMLab names the attribute of a norm layer from ``_abbr_``: 'bn'
+    # keeps state-dict keys (``bn1.weight``, ...) identical to a BN model's,
+    # so BN-pretrained checkpoints load into SN models.
+    _abbr_ = 'bn'
+    # Not an affine map in eval mode: must never be folded into a conv.
+    folds_into_conv = False
+
+    mean_weight: torch.nn.Parameter
+    var_weight: torch.nn.Parameter
+
+    def __init__(self, num_features: int, eps: float = 1e-5,
+                 momentum: Optional[float] = 0.1, affine: bool = True,
+                 using_bn: bool = True, using_moving_average: bool = True,
+                 **unknown) -> None:
+        name = type(self).__name__
+        if unknown:
+            raise TypeError(
+                f'{name}: unknown argument(s) {sorted(unknown)}; allowed are '
+                "num_features, eps, momentum, affine, using_bn, "
+                'using_moving_average')
+        if (isinstance(num_features, bool)
+                or not isinstance(num_features, int) or num_features < 1):
+            raise ValueError(f'{name}: num_features must be a positive int, '
+                             f'got {num_features!r}')
+        if not isinstance(eps, (int, float)) or not eps >= 0 or \
+                not math.isfinite(eps):
+            raise ValueError(f'{name}: eps must be a finite number >= 0, '
+                             f'got {eps!r}')
+        if momentum is not None and (not isinstance(momentum, (int, float))
+                                     or not 0.0 <= momentum <= 1.0):
+            raise ValueError(f'{name}: momentum must be in [0, 1] or None, '
+                             f'got {momentum!r}')
+        for flag, value in (('affine', affine), ('using_bn', using_bn),
+                            ('using_moving_average', using_moving_average)):
+            if not isinstance(value, bool):
+                raise TypeError(f'{name}: {flag} must be a bool, '
+                                f'got {value!r}')
+        super().__init__(num_features, eps=float(eps), momentum=momentum,
+                         affine=affine, track_running_stats=using_bn)
+        self.using_bn = using_bn
+        self.using_moving_average = using_moving_average
+        self.mean_weight = torch.nn.Parameter(torch.ones(len(BRANCHES)))
+        self.var_weight = torch.nn.Parameter(torch.ones(len(BRANCHES)))
+        # Which of [IN, LN, BN] exist, for spatial and for (N, C) input.
+        self.register_buffer('_branches_spatial',
+                             torch.tensor([True, True, using_bn]),
+                             persistent=False)
+        self.register_buffer('_branches_flat',
+                             torch.tensor([False, True, using_bn]),
+                             persistent=False)
+        self._last_rank = 4
+        self._population: Optional[list] = None
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, 'mean_weight'):
+            with torch.no_grad():
+                self.mean_weight.fill_(1.0)
+                self.var_weight.fill_(1.0)
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        name = type(self).__name__
+        if input.dim() not in _SUPPORTED_RANKS:
+            raise ValueError(
+                f'{name}: expected input of rank 2-5 ((N, C), (N, C, L), '
+                f'(N, C, H, W) or (N, C, T, H, W)), got shape '
+                f'{tuple(input.shape)}')
+        if input.shape[1] != self.num_features:
+            raise ValueError(
+                f'{name}: input has {input.shape[1]} channels (dim 1) but the '
+                f'layer was built with num_features={self.num_features}')
+        if input.shape[0] == 0 or input[0, 0].numel() == 0:
+            raise ValueError(f'{name}: got an empty input of shape '
+                             f'{tuple(input.shape)}')
+        if not input.is_floating_point():
+            raise TypeError(f'{name}: input must be a floating point tensor, '
+                            f'got {input.dtype}')
+
+    def _available(self, flat: bool) -> Tensor:
+        return self._branches_flat if flat else self._branches_spatial
+
+    def mixing_weights(self, flat: bool = False) -> tuple[Tensor, Tensor]:
+        """Current ``(3,)`` weights over [IN, LN, BN] for means and variances.
+
+        Args:
+            flat: weights for ``(N, C)`` input (no IN branch).
+        """
+        available = self._available(flat)
+        return (masked_softmax(self.mean_weight, available),
+                masked_softmax(self.var_weight, available))
+
+    def ratios(self) -> dict[str, dict[str, float]]:
+        """Mixing ratios by name for the input rank last seen, e.g.
+        ``{'mean': {'in': .2, 'ln': .3, 'bn': .5}, 'var': {...}}``."""
+        with torch.no_grad():
+            mean_w, var_w = self.mixing_weights(self._last_rank == 2)
+        return {kind: dict(zip(BRANCHES, w.tolist()))
+                for kind, w in (('mean', mean_w), ('var', var_w))}
+
+    def _uses_batch_stats(self) -> bool:
+        return self.training or not self.track_running_stats
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        flat = input.dim() == 2
+        self._last_rank = input.dim()
+        mean_w, var_w = self.mixing_weights(flat)
+        use_batch = self._uses_batch_stats()
+        running = ((None, None) if use_batch
+                   else (self.running_mean, self.running_var))
+        mix = functools.partial(switchable_stats, flat_input=flat)
+        x = input.reshape(input.shape[0], input.shape[1], -1)
+        y, batch_mean, batch_var = moment_norm(
+            x, self.weight, self.bias, self.eps, mix,
+            mean_w, var_w, *running)
+        if use_batch and self.training and self.track_running_stats:
+            self._track(batch_mean, batch_var)
+        return y.view_as(input)
+
+    @torch.no_grad()
+    def _track(self, batch_mean: Tensor, batch_var: Tensor) -> None:
+        """Fold one training batch's BN statistics into the buffers."""
+        if self._population is not None:
+            self._population.append((batch_mean.float(), batch_var.float()))
+            return
+        if not self.using_moving_average:
+            return
+        self.num_batches_tracked.add_(1)
+        factor = (1.0 / float(self.num_batches_tracked)
+                  if self.momentum is None else self.momentum)
+        self.running_mean.lerp_(batch_mean.to(self.running_mean), factor)
+        self.running_var.lerp_(batch_var.to(self.running_var), factor)
+
+    def extra_repr(self) -> str:
+        return (f'{super().extra_repr()}, using_bn={self.using_bn}, '
+                f'using_moving_average={self.using_moving_average}')

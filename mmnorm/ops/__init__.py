@@ -1,0 +1,6 @@
+"""Pure tensor math of mmnorm's normalizers (no OpenMMLab imports)."""
+from .moment_norm import instance_moments, moment_norm
+from .switchable import BRANCHES, masked_softmax, switchable_stats
+
+__all__ = ['BRANCHES', 'instance_moments', 'masked_softmax', 'moment_norm',
+           'switchable_stats']
