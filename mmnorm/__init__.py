@@ -9,8 +9,11 @@ imports no toolkit (mmdet, mmseg, mmaction2); their extras live in
 from mmengine.registry import MODELS
 
 from .compat import guards
-from .engine import (PopulationStatsHook, recompute_population_stats,
-                     sn_paramwise_cfg)
+from .engine import (
+    PopulationStatsHook,
+    recompute_population_stats,
+    sn_paramwise_cfg,
+)
 from .layers import SwitchableNorm
 from .version import __version__
 

@@ -80,9 +80,9 @@ def _rebind(module_names: list[str], attr: str, new: Callable) -> None:
 
 def install() -> None:
     """Wrap the conversions listed in the module docstring (idempotent)."""
-    import torch
     import mmengine.model.efficient_conv_bn_eval as ecbe
     import mmengine.model.utils as mme_utils
+    import torch
 
     sync = _guard(mme_utils.convert_sync_batchnorm,
                   "mmengine's convert_sync_batchnorm (cfg.sync_bn)",

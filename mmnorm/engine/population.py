@@ -23,6 +23,21 @@ from torch import nn
 from ..layers import SwitchableNorm
 
 
+def pool_moments(means: torch.Tensor, variances: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of the union of equally weighted groups.
+
+    Args:
+        means, variances: ``(K, C)`` per-group statistics.
+
+    Returns:
+        ``(C,)`` mean and variance: ``mean(var_k) + mean((mu_k - mu)^2)``,
+        i.e. ``mean(var_k + mu_k^2) - mu^2`` without float cancellation.
+    """
+    mean = means.mean(0)
+    return mean, variances.mean(0) + (means - mean).square().mean(0)
+
+
 def _switchable_layers(model: nn.Module, only_batch_average: bool
                        ) -> list[SwitchableNorm]:
     return [m for m in model.modules()
@@ -72,10 +87,10 @@ def recompute_population_stats(
             if not layer._population:
                 continue
             means = torch.stack([m for m, _ in layer._population])
-            second = torch.stack([v + m * m for m, v in layer._population])
-            mean = means.mean(0)
+            variances = torch.stack([v for _, v in layer._population])
+            mean, var = pool_moments(means, variances)
             layer.running_mean.copy_(mean)
-            layer.running_var.copy_((second.mean(0) - mean * mean).clamp(0))
+            layer.running_var.copy_(var)
     finally:
         for layer in layers:
             layer._population = None

@@ -43,6 +43,15 @@ def _stat_dtype(x: Tensor) -> torch.dtype:
     return x.dtype if x.dtype in _EXACT_DTYPES else torch.float32
 
 
+def _centered_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Two-pass moments: exact also when the mean dwarfs the spread."""
+    num_elems = x.shape[2]
+    mean = x.mean(2)
+    centered = x - mean.unsqueeze(2)
+    sum_sq = torch.linalg.vector_norm(centered, 2, dim=2).square()
+    return mean, sum_sq / max(num_elems - 1, 1), centered
+
+
 def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and variance of every (sample, channel) slice.
 
@@ -54,8 +63,7 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
         ``M - 1``) as in the authors' SN; a slice of one element has
         variance 0 instead of NaN.
     """
-    correction = 1 if x.shape[2] > 1 else 0
-    var, mean = torch.var_mean(x, dim=2, correction=correction)
+    mean, var, _ = _centered_moments(x)
     return mean, var
 
 
@@ -79,11 +87,13 @@ class _MomentNorm(torch.autograd.Function):
                 *params: Optional[Tensor]):
         with torch.autocast(x.device.type, enabled=False):
             xs = x.to(_stat_dtype(x))
-            mean_in, var_in = instance_moments(xs)
+            mean_in, var_in, centered = _centered_moments(xs)
             mean, var, *aux = mix(mean_in, var_in, *params)
             scale, shift = _scale_shift(mean, var, weight, bias, eps)
-            y = torch.addcmul(shift.unsqueeze(2).to(xs.dtype), xs,
-                              scale.unsqueeze(2).to(xs.dtype)).to(x.dtype)
+            # y = x * scale + shift, written over the centered copy.
+            shift = shift + mean_in * scale
+            y = torch.addcmul(shift.unsqueeze(2), centered, scale.unsqueeze(2),
+                              out=centered).to(x.dtype)
         ctx.save_for_backward(x, mean_in, var_in, weight, bias, *params)
         ctx.eps = eps
         ctx.mix = mix
@@ -121,7 +131,7 @@ class _MomentNorm(torch.autograd.Function):
             xs = x.to(_stat_dtype(x))
             dy = grad_y.to(xs.dtype)
             grad_shift = dy.sum(2)
-            grad_scale = torch.einsum('ncm,ncm->nc', dy, xs)
+            grad_scale = torch.linalg.vecdot(dy, xs, dim=2)
 
             wanted = [t for t in leaves if t is not None and t.requires_grad]
             grads = torch.autograd.grad((scale, shift), wanted,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 BRANCHES = ('in', 'ln', 'bn')
@@ -44,18 +43,17 @@ def switchable_stats(mean_in: Tensor, var_in: Tensor, mean_weight: Tensor,
         (what running buffers track).
     """
     num_samples, num_channels = mean_in.shape
-    second_moment = var_in + mean_in * mean_in
-
+    # var_ln = mean_c(var_in + mean_in^2) - mean_ln^2 in the paper; written
+    # as within- plus between-slice variance, which is the same number
+    # without the float32 cancellation when means dwarf the spread.
     mean_ln = mean_in.mean(1, keepdim=True)
-    var_ln = second_moment.mean(1, keepdim=True) - mean_ln * mean_ln
+    var_ln = var_in.mean(1, keepdim=True) + \
+        (mean_in - mean_ln).square().mean(1, keepdim=True)
     batch_mean = mean_in.mean(0)
-    batch_var = second_moment.mean(0) - batch_mean * batch_mean
+    batch_var = var_in.mean(0) + (mean_in - batch_mean).square().mean(0)
     if flat_input:
         var_ln = var_ln * _bessel(num_channels)
         batch_var = batch_var * _bessel(num_samples)
-    # Derived variances can come out a rounding error below zero.
-    var_ln = var_ln.clamp(min=0)
-    batch_var = batch_var.clamp(min=0)
 
     if running_mean is None:
         mean_bn, var_bn = batch_mean, batch_var

@@ -78,10 +78,11 @@ class PopulationStatsHook(Hook):
         if used and get_world_size() > 1:
             # Pool first and second moments over ranks.
             for layer in _switchable_layers(model, self.only_batch_average):
-                mean = layer.running_mean
-                second = layer.running_var + mean * mean
-                all_reduce(mean, op='mean')
-                all_reduce(second, op='mean')
-                layer.running_var.copy_((second - mean * mean).clamp(0))
+                local_mean = layer.running_mean.clone()
+                all_reduce(layer.running_mean, op='mean')
+                spread = layer.running_var + (
+                    local_mean - layer.running_mean).square()
+                all_reduce(spread, op='mean')
+                layer.running_var.copy_(spread)
         runner.logger.info(f'PopulationStatsHook: recomputed SN statistics '
                            f'from {used} batches')

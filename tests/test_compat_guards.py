@@ -1,0 +1,82 @@
+"""The BN-only conversions refuse mmnorm layers instead of breaking them."""
+import pytest
+import torch
+from torch import nn
+
+import mmnorm  # noqa: F401  (installs the guards)
+from mmnorm import SwitchableNorm
+
+pytest.importorskip('mmcv')
+
+
+def _sn_model():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), SwitchableNorm(4))
+
+
+def _bn_model():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+
+
+def test_mmengine_sync_bn_refuses_sn_and_converts_bn():
+    from mmengine.model import convert_sync_batchnorm
+    from mmengine.runner import runner as runner_module
+    for convert in (convert_sync_batchnorm,
+                    runner_module.convert_sync_batchnorm):
+        with pytest.raises(ValueError, match=r"sync_bn.*'1'.*Remove"):
+            convert(_sn_model())
+    converted = convert_sync_batchnorm(_bn_model())
+    assert isinstance(converted[1], nn.SyncBatchNorm)
+
+
+def test_torch_convert_sync_batchnorm_refuses_sn():
+    with pytest.raises(ValueError, match='SyncBatchNorm.convert'):
+        nn.SyncBatchNorm.convert_sync_batchnorm(_sn_model())
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(_bn_model())
+    assert isinstance(converted[1], nn.SyncBatchNorm)
+
+
+def test_fuse_conv_bn_refuses_sn_and_still_fuses_bn():
+    import mmcv.cnn
+    from mmcv.cnn import fuse_conv_bn
+    for fuse in (fuse_conv_bn, mmcv.cnn.utils.fuse_conv_bn):
+        model = _sn_model().eval()
+        with pytest.raises(ValueError, match='fuse_conv_bn.*SN|fuse'):
+            fuse(model)
+        assert isinstance(model[1], SwitchableNorm)  # model unchanged
+    model = _bn_model().eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    fused = fuse_conv_bn(model)
+    assert isinstance(fused[1], nn.Identity)
+    torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_module_efficient_conv_bn_eval_refuses_sn():
+    from mmcv.cnn import ConvModule
+    with pytest.raises(ValueError, match='efficient_conv_bn_eval'):
+        ConvModule(3, 4, 3, norm_cfg=dict(type='SN'),
+                   efficient_conv_bn_eval=True)
+    # default (off) still builds, and BN may still use the feature
+    ConvModule(3, 4, 3, norm_cfg=dict(type='SN'))
+    bn = ConvModule(3, 4, 3, norm_cfg=dict(type='BN'),
+                    efficient_conv_bn_eval=True)
+    assert bn.efficient_conv_bn_eval_forward is not None
+
+
+def test_mmengine_efficient_conv_bn_eval_refuses_sn():
+    from mmengine.model.efficient_conv_bn_eval import (
+        turn_on_efficient_conv_bn_eval,
+    )
+    holder = nn.Module()
+    holder.backbone = _sn_model()
+    with pytest.raises(ValueError, match='efficient_conv_bn_eval'):
+        turn_on_efficient_conv_bn_eval(holder, 'backbone')
+
+
+def test_install_is_idempotent():
+    from mmengine.model import convert_sync_batchnorm
+
+    from mmnorm.compat import guards
+    guards.install()
+    from mmengine.model import convert_sync_batchnorm as again
+    assert again is convert_sync_batchnorm

@@ -1,0 +1,35 @@
+"""The recommended optimizer settings keep weight decay off the lambdas."""
+import pytest
+from torch import nn
+
+from mmnorm import SwitchableNorm, sn_paramwise_cfg
+
+
+@pytest.mark.parametrize('lr_mult', [1.0, 0.1])
+def test_sn_paramwise_cfg_removes_decay_from_mixing_weights(lr_mult):
+    from mmengine.optim import build_optim_wrapper
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), SwitchableNorm(4))
+    wrapper = build_optim_wrapper(model, dict(
+        optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4),
+        paramwise_cfg=sn_paramwise_cfg(lambda_lr_mult=lr_mult)))
+    by_param = {id(p): g for g in wrapper.optimizer.param_groups
+                for p in g['params']}
+    sn = model[1]
+    for p in (sn.mean_weight, sn.var_weight):
+        assert by_param[id(p)]['weight_decay'] == 0
+        assert by_param[id(p)]['lr'] == pytest.approx(0.1 * lr_mult)
+    assert by_param[id(model[0].weight)]['weight_decay'] == 1e-4
+    assert by_param[id(sn.weight)]['weight_decay'] == 1e-4
+
+
+def test_norm_decay_mult_reaches_sn_gamma_beta():
+    from mmengine.optim import build_optim_wrapper
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), SwitchableNorm(4))
+    wrapper = build_optim_wrapper(model, dict(
+        optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4),
+        paramwise_cfg=sn_paramwise_cfg(norm_decay_mult=0.0)))
+    by_param = {id(p): g for g in wrapper.optimizer.param_groups
+                for p in g['params']}
+    assert by_param[id(model[1].weight)]['weight_decay'] == 0
+    assert by_param[id(model[1].bias)]['weight_decay'] == 0
+    assert by_param[id(model[0].weight)]['weight_decay'] == 1e-4

@@ -1,0 +1,97 @@
+"""Build real toolkit models from their bundled configs with SN everywhere,
+and run one training step on tiny synthetic inputs (CPU)."""
+from __future__ import annotations
+
+import torch
+from mmengine.config import Config
+
+SN = dict(type='SN', momentum=0.003)
+
+
+def _no_pretrained(cfg):
+    cfg.model.backbone.init_cfg = None
+    return cfg
+
+
+def detector_cfg(kind: str, backbone_norm: dict = SN,
+                 norm_eval: bool = False) -> Config:
+    """Faster R-CNN R50-FPN or Mask R-CNN R50-FPN with SN in backbone, FPN,
+    a 4conv1fc box head and the mask head."""
+    name = {'faster': 'faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
+            'mask': 'mask_rcnn/mask-rcnn_r50_fpn_2x_coco.py'}[kind]
+    cfg = _no_pretrained(Config.fromfile(f'mmdet::{name}'))
+    model = cfg.model
+    model.backbone.norm_cfg = backbone_norm
+    model.backbone.norm_eval = norm_eval
+    model.neck.norm_cfg = SN
+    model.roi_head.bbox_head = dict(
+        model.roi_head.bbox_head, type='Shared4Conv1FCBBoxHead',
+        conv_out_channels=256, norm_cfg=SN)
+    if kind == 'mask':
+        model.roi_head.mask_head.norm_cfg = SN
+    return cfg
+
+
+def segmentor_cfg() -> Config:
+    cfg = Config.fromfile(
+        'mmseg::pspnet/pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py')
+    model = cfg.model
+    model.pretrained = None
+    model.backbone.norm_cfg = SN
+    model.decode_head.norm_cfg = SN
+    model.auxiliary_head.norm_cfg = SN
+    model.data_preprocessor.size = (64, 64)
+    return cfg
+
+
+def recognizer_cfg() -> Config:
+    cfg = Config.fromfile(
+        'mmaction::recognition/i3d/'
+        'i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py')
+    cfg.model.backbone.pretrained = None
+    cfg.model.backbone.pretrained2d = False
+    cfg.model.backbone.norm_cfg = SN
+    return cfg
+
+
+def detection_batch(with_mask: bool, batch_size: int = 2):
+    from mmdet.testing import demo_mm_inputs
+    return demo_mm_inputs(batch_size=batch_size, image_shapes=(3, 96, 128),
+                          num_items=[2] * batch_size, num_classes=80,
+                          with_mask=with_mask)
+
+
+def segmentation_batch(batch_size: int = 2):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    inputs, samples = [], []
+    for _ in range(batch_size):
+        inputs.append(torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8))
+        sample = SegDataSample()
+        sample.gt_sem_seg = PixelData(
+            data=torch.randint(0, 19, (1, 64, 64)))
+        sample.set_metainfo(dict(img_shape=(64, 64), ori_shape=(64, 64),
+                                 pad_shape=(64, 64)))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def recognition_batch(batch_size: int = 2):
+    from mmaction.structures import ActionDataSample
+    inputs, samples = [], []
+    for i in range(batch_size):
+        inputs.append(torch.randint(0, 255, (1, 3, 4, 32, 32),
+                                    dtype=torch.uint8))
+        samples.append(ActionDataSample().set_gt_label(torch.tensor([i])))
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def train_step(model, batch) -> torch.Tensor:
+    """One forward/backward in loss mode; returns the total loss."""
+    model.train()
+    data = model.data_preprocessor(batch, True)
+    losses = model(**data, mode='loss')
+    loss, _ = model.parse_losses(losses)
+    model.zero_grad()
+    loss.backward()
+    return loss
