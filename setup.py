@@ -29,7 +29,6 @@ setup(
     # with torch left to the user so pip never swaps their build.
     install_requires=['mmengine>=0.10.7,<0.11', 'mmcv>=2.1.0,<2.2.0'],
     classifiers=[
-        'License :: OSI Approved :: Apache Software License',
         'Programming Language :: Python :: 3',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',
     ],

@@ -33,3 +33,13 @@ def test_norm_decay_mult_reaches_sn_gamma_beta():
     assert by_param[id(model[1].weight)]['weight_decay'] == 0
     assert by_param[id(model[1].bias)]['weight_decay'] == 0
     assert by_param[id(model[0].weight)]['weight_decay'] == 1e-4
+
+
+def test_config_fragment_matches_python_helper():
+    import os
+
+    from mmengine.config import Config
+    path = os.path.join(os.path.dirname(__file__), '..', 'configs', '_base_',
+                        'sn_paramwise.py')
+    cfg = Config.fromfile(path)
+    assert cfg.optim_wrapper.paramwise_cfg.to_dict() == sn_paramwise_cfg()

@@ -238,6 +238,9 @@ def test_bn_checkpoint_loads_with_only_mixing_weights_missing():
 def test_registered_and_built_by_mmcv_from_every_scope():
     from mmcv.cnn import build_norm_layer
     from mmengine.registry import DefaultScope
+
+    # mmaction2 1.2.0 cannot import its models without mmnorm's entry point
+    import mmnorm.mmaction  # noqa: F401
     for scope in ('mmdet', 'mmseg', 'mmaction', None):
         ctx = (DefaultScope.overwrite_default_scope(scope) if scope
                else DefaultScope.overwrite_default_scope(None))
@@ -259,3 +262,13 @@ def test_float32_statistics_exact_for_offset_input():
                        layer.var_weight.double(), None, None)[0]
     torch.testing.assert_close(layer(x.float()).double(), ref, atol=2e-3,
                                rtol=0)
+
+
+def test_output_allows_inplace_activation():
+    layer = SwitchableNorm(4)
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    y = nn.ReLU(inplace=True)(layer(x))
+    y.sum().backward()
+    ref = x.detach().clone().requires_grad_()
+    nn.functional.relu(SwitchableNorm(4)(ref)).sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad)

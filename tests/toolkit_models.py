@@ -2,10 +2,21 @@
 and run one training step on tiny synthetic inputs (CPU)."""
 from __future__ import annotations
 
+import importlib
+import os
+
 import torch
 from mmengine.config import Config
 
 SN = dict(type='SN', momentum=0.003)
+
+
+def bundled_config(name: str) -> Config:
+    """Load ``'mmdet::path.py'``-style configs bundled with a toolkit."""
+    package, rel = name.split('::')
+    module = importlib.import_module(package)
+    root = os.path.join(os.path.dirname(module.__file__), '.mim', 'configs')
+    return Config.fromfile(os.path.join(root, rel))
 
 
 def _no_pretrained(cfg):
@@ -19,10 +30,11 @@ def detector_cfg(kind: str, backbone_norm: dict = SN,
     a 4conv1fc box head and the mask head."""
     name = {'faster': 'faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
             'mask': 'mask_rcnn/mask-rcnn_r50_fpn_2x_coco.py'}[kind]
-    cfg = _no_pretrained(Config.fromfile(f'mmdet::{name}'))
+    cfg = _no_pretrained(bundled_config(f'mmdet::{name}'))
     model = cfg.model
     model.backbone.norm_cfg = backbone_norm
     model.backbone.norm_eval = norm_eval
+    model.backbone.frozen_stages = -1  # the paper trains SN backbones
     model.neck.norm_cfg = SN
     model.roi_head.bbox_head = dict(
         model.roi_head.bbox_head, type='Shared4Conv1FCBBoxHead',
@@ -33,7 +45,7 @@ def detector_cfg(kind: str, backbone_norm: dict = SN,
 
 
 def segmentor_cfg() -> Config:
-    cfg = Config.fromfile(
+    cfg = bundled_config(
         'mmseg::pspnet/pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py')
     model = cfg.model
     model.pretrained = None
@@ -45,7 +57,7 @@ def segmentor_cfg() -> Config:
 
 
 def recognizer_cfg() -> Config:
-    cfg = Config.fromfile(
+    cfg = bundled_config(
         'mmaction::recognition/i3d/'
         'i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py')
     cfg.model.backbone.pretrained = None
@@ -80,7 +92,7 @@ def recognition_batch(batch_size: int = 2):
     from mmaction.structures import ActionDataSample
     inputs, samples = [], []
     for i in range(batch_size):
-        inputs.append(torch.randint(0, 255, (1, 3, 4, 32, 32),
+        inputs.append(torch.randint(0, 255, (1, 3, 8, 32, 32),
                                     dtype=torch.uint8))
         samples.append(ActionDataSample().set_gt_label(torch.tensor([i])))
     return dict(inputs=inputs, data_samples=samples)

@@ -23,9 +23,14 @@ fail() {
 }
 trap fail ERR
 
+LOG="$ROOT/.venv-setup.log"
 pip_install() {
-  "$PY" -m pip install --disable-pip-version-check -q -c "$REQ/constraints.txt" "$@" \
-    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  # pip's own output goes to the log; it is shown if the step fails.
+  if ! "$PY" -m pip install --disable-pip-version-check -c "$REQ/constraints.txt" "$@" >>"$LOG" 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" "$LOG" | tail -n 40 >&2
+    printf '[setup] full pip log: %s\n' "$LOG" >&2
+    return 1
+  fi
 }
 
 # A hash of everything that decides what gets installed: a second run with
@@ -33,6 +38,7 @@ pip_install() {
 want=$(cat "$REQ"/*.txt setup.py tools/setup_env.sh | sha256sum | cut -d' ' -f1)
 
 STEP="create the virtual environment"
+: >"$LOG"
 if [ ! -x "$PY" ]; then
   say "creating $VENV with ${PYTHON:-python3}"
   "${PYTHON:-python3}" -m venv "$VENV"
@@ -40,7 +46,7 @@ fi
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   STEP="check the installed stack"
-  if "$PY" -c "import mmcv.ops, mmdet, mmseg, mmnorm, mmnorm.mmaction" 2>/dev/null; then
+  if "$PY" -c "import mmcv.ops, mmdet.models, mmseg.models, mmnorm, mmnorm.mmaction" 2>/dev/null; then
     say "environment is up to date ($VENV)"
     exit 0
   fi
@@ -71,11 +77,11 @@ fi
 
 STEP="install mmdet 3.3.0 and mmsegmentation 1.2.2"
 say "installing mmdet and mmsegmentation"
-pip_install mmdet==3.3.0 mmsegmentation==1.2.2
+pip_install mmdet==3.3.0 mmsegmentation==1.2.2 -r "$REQ/mmseg_deps.txt"
 
 STEP="install mmaction2 1.2.0"
 # --no-deps: see requirements/mmaction2_deps.txt for why.
-say "installing mmaction2 (without opencv-contrib-python; cv2 comes from opencv-python-headless)"
+say "installing mmaction2 (without opencv-contrib-python: cv2 comes from opencv-python alone)"
 pip_install -r "$REQ/mmaction2_deps.txt"
 pip_install --no-deps mmaction2==1.2.0
 
@@ -90,7 +96,7 @@ pip_install --no-deps --no-build-isolation -e "$ROOT"
 STEP="verify the stack"
 "$PY" - <<'PY'
 import torch, mmcv, mmcv.ops, mmengine, mmdet, mmseg, cv2
-import mmnorm, mmnorm.mmaction, mmaction
+import mmdet.models, mmseg.models, mmnorm, mmnorm.mmaction, mmaction
 assert torch.__version__.startswith('2.13.0') and torch.version.cuda is None, torch.__version__
 print(f'[setup] torch {torch.__version__}, mmengine {mmengine.__version__}, mmcv {mmcv.__version__} (ops), '
       f'mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, mmaction2 {mmaction.__version__}, '

@@ -19,6 +19,7 @@ Models without such layers are converted exactly as before.
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 from typing import Callable
 
@@ -102,8 +103,10 @@ def install() -> None:
         "mmengine's efficient_conv_bn_eval", _EFFICIENT_ADVICE)
 
     try:
-        import mmcv.cnn.bricks.conv_module as conv_module
-        import mmcv.cnn.utils.fuse_conv_bn as fuse_mod
+        # import_module: the package attribute 'fuse_conv_bn' is the
+        # function, which shadows the submodule of the same name.
+        conv_module = importlib.import_module('mmcv.cnn.bricks.conv_module')
+        fuse_mod = importlib.import_module('mmcv.cnn.utils.fuse_conv_bn')
     except ImportError:  # mmcv is optional for the layers themselves
         return
     fuse = _guard(fuse_mod.fuse_conv_bn, "mmcv's fuse_conv_bn", _FUSE_ADVICE)

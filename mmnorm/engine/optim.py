@@ -26,9 +26,11 @@ def sn_paramwise_cfg(lambda_lr_mult: float = 1.0,
             layers' weight and bias (SN is a ``_BatchNorm`` subclass, so
             mmengine applies it to SN's gamma/beta too).
     """
-    cfg: dict = dict(custom_keys={
-        f'.{name}': dict(decay_mult=0.0, lr_mult=lambda_lr_mult)
-        for name in MIXING_WEIGHT_NAMES})
+    rule: dict = dict(decay_mult=0.0)
+    if lambda_lr_mult != 1.0:
+        rule['lr_mult'] = lambda_lr_mult
+    cfg: dict = dict(custom_keys={f'.{name}': dict(rule)
+                                  for name in MIXING_WEIGHT_NAMES})
     if norm_decay_mult is not None:
         cfg['norm_decay_mult'] = norm_decay_mult
     return cfg

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -43,13 +44,41 @@ def _stat_dtype(x: Tensor) -> torch.dtype:
     return x.dtype if x.dtype in _EXACT_DTYPES else torch.float32
 
 
-def _centered_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Two-pass moments: exact also when the mean dwarfs the spread."""
-    num_elems = x.shape[2]
-    mean = x.mean(2)
-    centered = x - mean.unsqueeze(2)
-    sum_sq = torch.linalg.vector_norm(centered, 2, dim=2).square()
-    return mean, sum_sq / max(num_elems - 1, 1), centered
+# Added to the variance inside the row-moments kernel only so that a
+# constant row gives a finite rstd; far below any real variance.
+_TINY = 1e-30
+
+
+def _row_moments(rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-row moments of ``rows`` ``(R, M)``, and the rows standardized.
+
+    Uses ``torch.native_group_norm`` with one group per row: PyTorch's
+    fused, vectorized, numerically stable row-moments kernel (one pass over
+    the input, on every device). Returns ``(mean, var, rstd, standardized)``
+    with the biased variance and ``standardized = (rows - mean) * rstd``
+    of shape ``(1, R, M)``, a fresh buffer the caller may overwrite.
+    """
+    num_rows, num_elems = rows.shape
+    standardized, mean, rstd = torch.native_group_norm(
+        rows.view(1, num_rows, num_elems), None, None, 1, num_rows,
+        num_elems, num_rows, _TINY)
+    mean, rstd = mean.view(num_rows), rstd.view(num_rows)
+    var = (rstd.reciprocal().square() - _TINY).clamp(min=0)
+    return mean, var, rstd, standardized
+
+
+def _row_affine(rows: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``rows * scale[:, None] + shift[:, None]`` in one fused pass.
+
+    ``batch_norm`` in inference mode with zero mean and unit variance is
+    exactly a per-channel affine map; viewing the ``R`` rows as channels
+    makes it per row.
+    """
+    num_rows = rows.shape[0]
+    zeros = rows.new_zeros(num_rows)
+    ones = rows.new_ones(num_rows)
+    return F.batch_norm(rows.unsqueeze(0), zeros, ones, scale, shift,
+                        False, 0.0, 0.0).squeeze(0)
 
 
 def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,8 +92,13 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
         ``M - 1``) as in the authors' SN; a slice of one element has
         variance 0 instead of NaN.
     """
-    mean, var, _ = _centered_moments(x)
-    return mean, var
+    n, c, m = x.shape
+    mean, var, _, _ = _row_moments(x.reshape(n * c, m))
+    return mean.view(n, c), var.view(n, c) * _bessel(m)
+
+
+def _bessel(count: int) -> float:
+    return count / (count - 1) if count > 1 else 1.0
 
 
 def _scale_shift(mean: Tensor, var: Tensor, weight: Optional[Tensor],
@@ -85,16 +119,24 @@ class _MomentNorm(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Optional[Tensor],
                 bias: Optional[Tensor], eps: float, mix: MixFn,
                 *params: Optional[Tensor]):
+        n, c, m = x.shape
         with torch.autocast(x.device.type, enabled=False):
-            xs = x.to(_stat_dtype(x))
-            mean_in, var_in, centered = _centered_moments(xs)
+            rows = x.to(_stat_dtype(x)).reshape(n * c, m)
+            mean_r, var_r, rstd_r, standardized = _row_moments(rows)
+            mean_in = mean_r.view(n, c)
+            var_in = var_r.view(n, c) * _bessel(m)
             mean, var, *aux = mix(mean_in, var_in, *params)
             scale, shift = _scale_shift(mean, var, weight, bias, eps)
-            # y = x * scale + shift, written over the centered copy.
-            shift = shift + mean_in * scale
-            y = torch.addcmul(shift.unsqueeze(2), centered, scale.unsqueeze(2),
-                              out=centered).to(x.dtype)
-        ctx.save_for_backward(x, mean_in, var_in, weight, bias, *params)
+            # y = x * scale + shift = standardized * scale / rstd
+            #     + (shift + mean * scale), written in place. y stays the
+            # (1, N*C, M) base tensor: a view made here would forbid
+            # in-place ops (e.g. ReLU(inplace=True)) on the output.
+            scale = scale.expand(n, c).reshape(-1, 1)
+            shift = shift.expand(n, c).reshape(-1, 1)
+            y = standardized.mul_(scale / rstd_r.unsqueeze(1))
+            y = y.add_(shift + mean_r.unsqueeze(1) * scale).to(x.dtype)
+        ctx.save_for_backward(x, mean_in, var_in, rstd_r, weight, bias,
+                              *params)
         ctx.eps = eps
         ctx.mix = mix
         aux = [a.detach() for a in aux]
@@ -104,9 +146,9 @@ class _MomentNorm(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: Tensor, *unused_aux_grads):
-        x, mean_in, var_in, weight, bias, *params = ctx.saved_tensors
+        x, mean_in, var_in, rstd_r, weight, bias, *params = ctx.saved_tensors
         needs = ctx.needs_input_grad  # (x, weight, bias, eps, mix, *params)
-        num_elems = x.shape[2]
+        n, c, m = x.shape
         with torch.autocast(x.device.type, enabled=False):
             # Rebuild the small (N, C) graph from leaves and let autograd
             # carry the gradients of (scale, shift) back to the moments and
@@ -125,13 +167,19 @@ class _MomentNorm(torch.autograd.Function):
                 # mix may return (1, C) or (N, 1) statistics; expanding to
                 # (N, C) matches the gradient shapes and lets autograd
                 # reduce over the broadcast dimensions.
-                scale = scale.expand_as(mean_in)
-                shift = shift.expand_as(mean_in)
+                scale = scale.expand(n, c)
+                shift = shift.expand(n, c)
 
-            xs = x.to(_stat_dtype(x))
-            dy = grad_y.to(xs.dtype)
-            grad_shift = dy.sum(2)
-            grad_scale = torch.linalg.vecdot(dy, xs, dim=2)
+            rows = x.to(_stat_dtype(x)).reshape(n * c, m)
+            dy_rows = grad_y.to(rows.dtype).reshape(n * c, m)
+            # One fused pass for sum(dy * x_hat) and sum(dy) per row.
+            _, dy_xhat, dy_sum = torch.ops.aten.native_group_norm_backward(
+                dy_rows.unsqueeze(0), rows.unsqueeze(0), mean_in.view(1, -1),
+                rstd_r.view(1, -1), rows.new_ones(n * c), 1, n * c, m, n * c,
+                [False, True, True])
+            grad_shift = dy_sum.view(n, c)
+            # sum(dy * x) = sum(dy * x_hat) / rstd + mean * sum(dy)
+            grad_scale = (dy_xhat / rstd_r).view(n, c) + mean_in * grad_shift
 
             wanted = [t for t in leaves if t is not None and t.requires_grad]
             grads = torch.autograd.grad((scale, shift), wanted,
@@ -149,14 +197,15 @@ class _MomentNorm(torch.autograd.Function):
             if needs[0]:
                 g_mean = grad_of(leaves[0])
                 g_var = grad_of(leaves[1])
-                # d var_in / dx = 2 (x - mean_in) / (M - correction);
+                # d var_in / dx = 2 (x - mean_in) / (M - 1) (0 if M == 1);
                 # d mean_in / dx = 1 / M.
-                denom = max(num_elems - 1, 1)
-                k1 = g_var * (2.0 / denom)
-                k0 = g_mean / num_elems - k1 * mean_in
-                grad_x = torch.addcmul(k0.unsqueeze(2), xs, k1.unsqueeze(2))
-                grad_x.addcmul_(dy, scale.detach().unsqueeze(2))
-                grad_x = grad_x.to(x.dtype)
+                k1 = g_var * (2.0 / max(m - 1, 1))
+                k0 = g_mean / m - k1 * mean_in
+                # dx = dy * scale + k0 + x * k1
+                grad_x = _row_affine(dy_rows, scale.detach().reshape(-1),
+                                     k0.reshape(-1))
+                grad_x.addcmul_(rows, k1.reshape(-1, 1))
+                grad_x = grad_x.view(n, c, m).to(x.dtype)
             rest = [grad_of(t) for t in leaves[2:]]
         return (grad_x, rest[0], rest[1], None, None, *rest[2:])
 
@@ -179,4 +228,5 @@ def moment_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     Returns:
         ``(y, *aux)`` with ``y`` of shape ``(N, C, M)`` and dtype of ``x``.
     """
-    return _MomentNorm.apply(x, weight, bias, eps, mix, *params)
+    y, *aux = _MomentNorm.apply(x, weight, bias, eps, mix, *params)
+    return (y.view(x.shape), *aux)
