@@ -9,6 +9,7 @@ env:
 
 ## main job: the layer benchmark (SN vs BatchNorm, GroupNorm, straightforward SN)
 benchmark: env
+	@mkdir -p work_dirs
 	$(PY) tools/analysis_tools/benchmark_norms.py --out work_dirs/benchmark_norms.json
 
 lint: env

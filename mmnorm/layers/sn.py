@@ -21,7 +21,6 @@ IN and LN stay per sample. ``momentum`` follows PyTorch's convention.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional
 
@@ -29,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..ops import BRANCHES, masked_softmax, moment_norm, switchable_stats
+from ..ops import BRANCHES, SwitchableMix, masked_softmax, moment_norm
 
 _SUPPORTED_RANKS = (2, 3, 4, 5)
 
@@ -122,6 +121,8 @@ class SwitchableNorm(_BatchNorm):
                              persistent=False)
         self._last_rank = 4
         self._population: Optional[list] = None
+        self._mix_spatial = SwitchableMix(flat_input=False)
+        self._mix_flat = SwitchableMix(flat_input=True)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -180,7 +181,7 @@ class SwitchableNorm(_BatchNorm):
         use_batch = self._uses_batch_stats()
         running = ((None, None) if use_batch
                    else (self.running_mean, self.running_var))
-        mix = functools.partial(switchable_stats, flat_input=flat)
+        mix = self._mix_flat if flat else self._mix_spatial
         x = input.reshape(input.shape[0], input.shape[1], -1)
         y, batch_mean, batch_var = moment_norm(
             x, self.weight, self.bias, self.eps, mix,

@@ -6,36 +6,40 @@ slice of the input (the "IN moments"), derive every other statistic (LN, BN,
 running or synchronized BN) from those small ``(N, C)`` tensors, mix them, and
 apply one per-(sample, channel) affine map to the input.
 
-Only two steps touch the big tensor, so only those two are written by hand:
+Only two steps touch the big tensor, and they use PyTorch's fused kernels:
 
-* forward: one pass for the moments (``torch.var_mean``), one pass for the
-  output ``y = x * scale + shift``;
-* backward: one reduction pass for ``sum(dy)`` and ``sum(dy * x)`` and one
-  pass that writes ``dx``.
+* forward: one pass for the moments (``native_group_norm`` with one group
+  per row), one in-place pass that turns its output into
+  ``y = x * scale + shift``;
+* backward: one reduction pass for ``sum(dy)`` and ``sum(dy * x)``
+  (``native_group_norm_backward``) and one pass that writes ``dx``
+  (``batch_norm`` in inference mode as a per-row affine map).
 
 Everything between the moments and ``(scale, shift)`` lives on ``(N, C)``
-tensors and is differentiated by autograd: ``backward`` rebuilds that small
-graph from saved leaves and calls :func:`torch.autograd.grad` on it. The only
-large tensor saved for backward is the input itself.
+tensors, with a hand-written backward (the ``mix`` object's) so that a few
+dozen small operations, not an autograd graph, run per call. The only large
+tensor saved for backward is the input itself.
 
 Statistics are always computed in float32 (or float64), also under autocast;
 the output has the input's dtype.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-# mix(mean_in, var_in, *params) -> (mean, var, *aux)
-#   mean_in, var_in: (N, C) moments of each (sample, channel) slice
-#   mean, var: statistics to normalize with, broadcastable to (N, C)
-#   aux: extra tensors returned to the caller without gradient (e.g. the
-#        batch statistics a layer folds into its running buffers)
-MixFn = Callable[..., Sequence[Tensor]]
+# A ``mix`` turns the (N, C) IN moments into the statistics to normalize
+# with, and back-propagates through that map by hand (see SwitchableMix):
+#   mix.forward(mean_in, var_in, *params) -> (mean, var, *aux)
+#       mean, var broadcastable to (N, C); aux: extra tensors returned to the
+#       caller without gradient (e.g. batch statistics for running buffers)
+#   mix.backward(mean_in, var_in, params, grad_mean, grad_var)
+#       -> (grad_mean_in, grad_var_in, *grad_params)
+MixFn = Any
 
 _EXACT_DTYPES = (torch.float32, torch.float64)
 
@@ -125,7 +129,7 @@ class _MomentNorm(torch.autograd.Function):
             mean_r, var_r, rstd_r, standardized = _row_moments(rows)
             mean_in = mean_r.view(n, c)
             var_in = var_r.view(n, c) * _bessel(m)
-            mean, var, *aux = mix(mean_in, var_in, *params)
+            mean, var, *aux = mix.forward(mean_in, var_in, *params)
             scale, shift = _scale_shift(mean, var, weight, bias, eps)
             # y = x * scale + shift = standardized * scale / rstd
             #     + (shift + mean * scale), written in place. y stays the
@@ -135,8 +139,8 @@ class _MomentNorm(torch.autograd.Function):
             shift = shift.expand(n, c).reshape(-1, 1)
             y = standardized.mul_(scale / rstd_r.unsqueeze(1))
             y = y.add_(shift + mean_r.unsqueeze(1) * scale).to(x.dtype)
-        ctx.save_for_backward(x, mean_in, var_in, rstd_r, weight, bias,
-                              *params)
+        ctx.save_for_backward(x, mean_in, var_in, rstd_r, mean.detach(),
+                              var.detach(), weight, bias, *params)
         ctx.eps = eps
         ctx.mix = mix
         aux = [a.detach() for a in aux]
@@ -146,30 +150,10 @@ class _MomentNorm(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: Tensor, *unused_aux_grads):
-        x, mean_in, var_in, rstd_r, weight, bias, *params = ctx.saved_tensors
-        needs = ctx.needs_input_grad  # (x, weight, bias, eps, mix, *params)
+        (x, mean_in, var_in, rstd_r, mean, var, weight, bias,
+         *params) = ctx.saved_tensors
         n, c, m = x.shape
         with torch.autocast(x.device.type, enabled=False):
-            # Rebuild the small (N, C) graph from leaves and let autograd
-            # carry the gradients of (scale, shift) back to the moments and
-            # to every parameter of the mixing.
-            leaves = [mean_in.detach().requires_grad_(),
-                      var_in.detach().requires_grad_()]
-            small_inputs = [weight, bias, *params]
-            small_needs = [needs[1], needs[2], *needs[5:]]
-            for t, need in zip(small_inputs, small_needs):
-                leaves.append(t.detach().requires_grad_(need)
-                              if t is not None else None)
-            with torch.enable_grad():
-                mean, var, *_ = ctx.mix(leaves[0], leaves[1], *leaves[4:])
-                scale, shift = _scale_shift(mean, var, leaves[2], leaves[3],
-                                            ctx.eps)
-                # mix may return (1, C) or (N, 1) statistics; expanding to
-                # (N, C) matches the gradient shapes and lets autograd
-                # reduce over the broadcast dimensions.
-                scale = scale.expand(n, c)
-                shift = shift.expand(n, c)
-
             rows = x.to(_stat_dtype(x)).reshape(n * c, m)
             dy_rows = grad_y.to(rows.dtype).reshape(n * c, m)
             # One fused pass for sum(dy * x_hat) and sum(dy) per row.
@@ -178,36 +162,41 @@ class _MomentNorm(torch.autograd.Function):
                 rstd_r.view(1, -1), rows.new_ones(n * c), 1, n * c, m, n * c,
                 [False, True, True])
             grad_shift = dy_sum.view(n, c)
-            # sum(dy * x) = sum(dy * x_hat) / rstd + mean * sum(dy)
+            # sum(dy * x) = sum(dy * x_hat) / rstd + mean_in * sum(dy)
             grad_scale = (dy_xhat / rstd_r).view(n, c) + mean_in * grad_shift
 
-            wanted = [t for t in leaves if t is not None and t.requires_grad]
-            grads = torch.autograd.grad((scale, shift), wanted,
-                                        (grad_scale, grad_shift),
-                                        allow_unused=True)
-            by_leaf = dict(zip(map(id, wanted), grads))
+            # y = x * scale + shift, scale = weight * rstd,
+            # shift = bias - mean * scale, rstd = (var + eps)^-1/2
+            rstd = (var + ctx.eps).rsqrt()
+            scale = rstd if weight is None else rstd * weight
+            grad_mean = -scale * grad_shift
+            grad_scale_total = grad_scale - mean * grad_shift
+            grad_weight = grad_bias = None
+            if weight is not None:
+                grad_weight = (grad_scale_total * rstd).sum(0)
+                grad_rstd = grad_scale_total * weight
+            else:
+                grad_rstd = grad_scale_total
+            if bias is not None:
+                grad_bias = grad_shift.sum(0)
+            grad_var = grad_rstd * (-0.5) * rstd.pow(3)
 
-            def grad_of(t):
-                if t is None or not t.requires_grad:
-                    return None
-                g = by_leaf[id(t)]
-                return torch.zeros_like(t) if g is None else g
+            grad_mean_in, grad_var_in, *grad_params = ctx.mix.backward(
+                mean_in, var_in, tuple(params), grad_mean.expand(n, c),
+                grad_var.expand(n, c))
 
             grad_x = None
-            if needs[0]:
-                g_mean = grad_of(leaves[0])
-                g_var = grad_of(leaves[1])
+            if ctx.needs_input_grad[0]:
                 # d var_in / dx = 2 (x - mean_in) / (M - 1) (0 if M == 1);
                 # d mean_in / dx = 1 / M.
-                k1 = g_var * (2.0 / max(m - 1, 1))
-                k0 = g_mean / m - k1 * mean_in
+                k1 = grad_var_in * (2.0 / max(m - 1, 1))
+                k0 = grad_mean_in / m - k1 * mean_in
                 # dx = dy * scale + k0 + x * k1
-                grad_x = _row_affine(dy_rows, scale.detach().reshape(-1),
+                grad_x = _row_affine(dy_rows, scale.expand(n, c).reshape(-1),
                                      k0.reshape(-1))
                 grad_x.addcmul_(rows, k1.reshape(-1, 1))
                 grad_x = grad_x.view(n, c, m).to(x.dtype)
-            rest = [grad_of(t) for t in leaves[2:]]
-        return (grad_x, rest[0], rest[1], None, None, *rest[2:])
+        return (grad_x, grad_weight, grad_bias, None, None, *grad_params)
 
 
 def moment_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
@@ -219,10 +208,8 @@ def moment_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         x: ``(N, C, M)`` input, ``M`` the flattened spatial/temporal size.
         weight, bias: ``(C,)`` affine parameters, or ``None``.
         eps: added to the mixed variance.
-        mix: pure function ``mix(mean_in, var_in, *params)`` returning
-            ``(mean, var, *aux)`` (see :data:`MixFn`). It must be built from
-            differentiable torch operations on its tensor arguments and must
-            not capture tensors that need gradients.
+        mix: object with ``forward`` and ``backward`` as described at
+            :data:`MixFn` (e.g. :class:`mmnorm.ops.SwitchableMix`).
         *params: tensors passed to ``mix``; gradients flow to them.
 
     Returns:

@@ -1,13 +1,29 @@
 """Statistics of Switchable Normalization, derived from per-sample moments.
 
-Pure tensor math on ``(N, C)`` tensors, used as the ``mix`` of
-:func:`mmnorm.ops.moment_norm.moment_norm`. Branch order is always
-``[IN, LN, BN]`` (index 0, 1, 2), in weights, state dicts, logs and plots.
+Pure tensor math on ``(N, C)`` tensors with a hand-written backward, used as
+the ``mix`` of :func:`mmnorm.ops.moment_norm.moment_norm`. Branch order is
+always ``[IN, LN, BN]`` (index 0, 1, 2), in weights, state dicts, logs and
+plots.
+
+Forward, for IN moments ``mean_in``, ``var_in`` (unbiased) of shape
+``(N, C)``::
+
+    mean_ln = mean_c(mean_in)
+    var_ln  = mean_c(var_in) + mean_c((mean_in - mean_ln)^2)
+    mean_bn = mean_n(mean_in)
+    var_bn  = mean_n(var_in) + mean_n((mean_in - mean_bn)^2)
+    mean    = w0 mean_in + w1 mean_ln + w2 mean_bn
+    var     = v0 var_in  + v1 var_ln  + v2 var_bn
+
+``var_ln`` and ``var_bn`` equal the authors' ``mean(var_in + mean_in^2) -
+mean^2`` (within- plus between-slice variance) without float32
+cancellation. In inference the BN terms are the running buffers.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 BRANCHES = ('in', 'ln', 'bn')
@@ -18,55 +34,6 @@ def _bessel(count: int) -> float:
     return count / (count - 1) if count > 1 else 1.0
 
 
-def switchable_stats(mean_in: Tensor, var_in: Tensor, mean_weight: Tensor,
-                     var_weight: Tensor, running_mean: Optional[Tensor] = None,
-                     running_var: Optional[Tensor] = None, *,
-                     flat_input: bool = False
-                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Mix IN, LN and BN statistics the way SN does.
-
-    Args:
-        mean_in, var_in: ``(N, C)`` per-sample, per-channel mean and unbiased
-            variance (see :func:`mmnorm.ops.moment_norm.instance_moments`).
-        mean_weight, var_weight: ``(3,)`` mixing weights over [IN, LN, BN]
-            (already normalized, e.g. by softmax).
-        running_mean, running_var: ``(C,)`` statistics to use for the BN
-            branch instead of the batch's (inference); ``None`` in training.
-        flat_input: the input was ``(N, C)`` (one element per slice). LN and
-            BN variances are then the unbiased variances over channels and
-            over samples, as in the authors' SN1d; with a single sample the
-            BN variance is 0 instead of NaN.
-
-    Returns:
-        ``(mean, var, batch_mean, batch_var)``: the mixed ``(N, C)``
-        statistics, and the ``(C,)`` BN-branch statistics of this batch
-        (what running buffers track).
-    """
-    num_samples, num_channels = mean_in.shape
-    # var_ln = mean_c(var_in + mean_in^2) - mean_ln^2 in the paper; written
-    # as within- plus between-slice variance, which is the same number
-    # without the float32 cancellation when means dwarf the spread.
-    mean_ln = mean_in.mean(1, keepdim=True)
-    var_ln = var_in.mean(1, keepdim=True) + \
-        (mean_in - mean_ln).square().mean(1, keepdim=True)
-    batch_mean = mean_in.mean(0)
-    batch_var = var_in.mean(0) + (mean_in - batch_mean).square().mean(0)
-    if flat_input:
-        var_ln = var_ln * _bessel(num_channels)
-        batch_var = batch_var * _bessel(num_samples)
-
-    if running_mean is None:
-        mean_bn, var_bn = batch_mean, batch_var
-    else:
-        mean_bn, var_bn = running_mean, running_var
-
-    mean = (mean_weight[0] * mean_in + mean_weight[1] * mean_ln
-            + mean_weight[2] * mean_bn)
-    var = (var_weight[0] * var_in + var_weight[1] * var_ln
-           + var_weight[2] * var_bn)
-    return mean, var, batch_mean, batch_var
-
-
 def masked_softmax(logits: Tensor, available: Tensor) -> Tensor:
     """Softmax over the available entries; unavailable ones get weight 0.
 
@@ -75,3 +42,128 @@ def masked_softmax(logits: Tensor, available: Tensor) -> Tensor:
         available: ``(K,)`` bool, at least one entry true.
     """
     return logits.masked_fill(~available, float('-inf')).softmax(0)
+
+
+class SwitchableMix:
+    """Mixes IN, LN and BN statistics; a ``mix`` for ``moment_norm``.
+
+    Args:
+        flat_input: the input was ``(N, C)`` (one element per slice). LN and
+            BN variances are then the unbiased variances over channels and
+            over samples, as in the authors' SN1d; with a single sample the
+            BN variance is 0 instead of NaN.
+
+    Parameters passed to :meth:`forward` / :meth:`backward`, in order:
+    ``mean_weight``, ``var_weight`` (``(3,)``, already normalized), then
+    ``running_mean``, ``running_var`` (``(C,)``) or ``None`` for batch
+    statistics. Subclasses that share BN statistics across processes
+    override :meth:`sample_mean` and :meth:`sample_mean_grad`.
+    """
+
+    def __init__(self, flat_input: bool = False) -> None:
+        self.flat_input = flat_input
+
+    # --- reductions over samples (the only place BN looks across samples)
+    def sample_mean(self, t: Tensor) -> Tensor:
+        """``(N, C) -> (C,)`` mean over samples."""
+        return t.mean(0)
+
+    def sample_mean_grad(self, grad: Tensor, like: Tensor) -> Tensor:
+        """Gradient of :meth:`sample_mean` for an output gradient ``(C,)``."""
+        return (grad / like.shape[0]).expand_as(like)
+
+    def sample_count(self, like: Tensor) -> int:
+        return like.shape[0]
+
+    # ------------------------------------------------------------------
+    def _branches(self, mean_in: Tensor, var_in: Tensor, use_batch: bool):
+        num_channels = mean_in.shape[1]
+        bessel_c = _bessel(num_channels) if self.flat_input else 1.0
+        mean_ln = mean_in.mean(1, keepdim=True)
+        dev_ln = mean_in - mean_ln
+        var_ln = (var_in.mean(1, keepdim=True)
+                  + dev_ln.square().mean(1, keepdim=True)) * bessel_c
+        batch = None
+        if use_batch:
+            bessel_n = (_bessel(self.sample_count(mean_in))
+                        if self.flat_input else 1.0)
+            mean_bn = self.sample_mean(mean_in)
+            dev_bn = mean_in - mean_bn
+            var_bn = (self.sample_mean(var_in)
+                      + self.sample_mean(dev_bn.square())) * bessel_n
+            batch = (mean_bn, var_bn, dev_bn, bessel_n)
+        return mean_ln, var_ln, dev_ln, bessel_c, batch
+
+    def forward(self, mean_in: Tensor, var_in: Tensor, mean_weight: Tensor,
+                var_weight: Tensor, running_mean: Optional[Tensor] = None,
+                running_var: Optional[Tensor] = None
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Returns ``(mean, var, batch_mean, batch_var)``: the mixed
+        ``(N, C)`` statistics and this batch's ``(C,)`` BN statistics
+        (what running buffers track; the running ones in inference)."""
+        use_batch = running_mean is None
+        mean_ln, var_ln, _, _, batch = self._branches(mean_in, var_in,
+                                                      use_batch)
+        if use_batch:
+            mean_bn, var_bn = batch[0], batch[1]
+        else:
+            mean_bn, var_bn = running_mean, running_var
+        # Derived variances can come out a rounding error below zero.
+        var_ln = var_ln.clamp(min=0)
+        var_bn = var_bn.clamp(min=0)
+        mean = (mean_weight[0] * mean_in + mean_weight[1] * mean_ln
+                + mean_weight[2] * mean_bn)
+        var = (var_weight[0] * var_in + var_weight[1] * var_ln
+               + var_weight[2] * var_bn)
+        return mean, var, mean_bn, var_bn
+
+    def backward(self, mean_in: Tensor, var_in: Tensor,
+                 params: tuple[Optional[Tensor], ...], grad_mean: Tensor,
+                 grad_var: Tensor) -> tuple[Optional[Tensor], ...]:
+        """Gradients w.r.t. ``(mean_in, var_in, *params)`` given those of
+        the mixed ``mean`` and ``var`` (each ``(N, C)``)."""
+        mean_weight, var_weight, running_mean, running_var = params
+        use_batch = running_mean is None
+        num_channels = mean_in.shape[1]
+        mean_ln, var_ln, dev_ln, bessel_c, batch = self._branches(
+            mean_in, var_in, use_batch)
+        if use_batch:
+            mean_bn, var_bn, dev_bn, bessel_n = batch
+        else:
+            mean_bn, var_bn = running_mean, running_var
+
+        grad_mean_w = torch.stack([
+            (grad_mean * mean_in).sum(), (grad_mean * mean_ln).sum(),
+            (grad_mean * mean_bn).sum()])
+        grad_var_w = torch.stack([
+            (grad_var * var_in).sum(), (grad_var * var_ln.clamp(min=0)).sum(),
+            (grad_var * var_bn.clamp(min=0)).sum()])
+
+        # LN branch: per-sample reductions over channels.
+        g_mean_ln = mean_weight[1] * grad_mean.sum(1, keepdim=True)
+        g_var_ln = (var_weight[1] * grad_var.sum(1, keepdim=True)
+                    * (var_ln > 0) * bessel_c)
+        grad_mean_in = (mean_weight[0] * grad_mean
+                        + (g_mean_ln + 2.0 * g_var_ln * dev_ln) / num_channels)
+        grad_var_in = var_weight[0] * grad_var + g_var_ln / num_channels
+        if use_batch:
+            g_mean_bn = mean_weight[2] * grad_mean.sum(0)
+            g_var_bn = (var_weight[2] * grad_var.sum(0) * (var_bn > 0)
+                        * bessel_n)
+            grad_mean_in = grad_mean_in + self.sample_mean_grad(
+                g_mean_bn, mean_in) + 2.0 * dev_bn * self.sample_mean_grad(
+                    g_var_bn, mean_in)
+            grad_var_in = grad_var_in + self.sample_mean_grad(g_var_bn,
+                                                              var_in)
+        return grad_mean_in, grad_var_in, grad_mean_w, grad_var_w, None, None
+
+
+def switchable_stats(mean_in: Tensor, var_in: Tensor, mean_weight: Tensor,
+                     var_weight: Tensor, running_mean: Optional[Tensor] = None,
+                     running_var: Optional[Tensor] = None, *,
+                     flat_input: bool = False
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Functional form of :meth:`SwitchableMix.forward`."""
+    return SwitchableMix(flat_input).forward(mean_in, var_in, mean_weight,
+                                             var_weight, running_mean,
+                                             running_var)
