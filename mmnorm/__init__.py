@@ -11,19 +11,21 @@ from mmengine.registry import MODELS
 from .compat import guards
 from .engine import (
     PopulationStatsHook,
+    SSNRadiusHook,
     recompute_population_stats,
     sn_paramwise_cfg,
 )
-from .layers import SwitchableNorm
+from .layers import SparseSwitchableNorm, SwitchableNorm
 from .version import __version__
 
 #: type name in configs -> layer class
-NORM_LAYERS = {'SN': SwitchableNorm}
+NORM_LAYERS = {'SN': SwitchableNorm, 'SSN': SparseSwitchableNorm}
 
 for _name, _cls in NORM_LAYERS.items():
     if MODELS.module_dict.get(_name) is not _cls:  # importing twice is fine
         MODELS.register_module(_name, module=_cls)
 guards.install()
 
-__all__ = ['NORM_LAYERS', 'PopulationStatsHook', 'SwitchableNorm',
-           '__version__', 'recompute_population_stats', 'sn_paramwise_cfg']
+__all__ = ['NORM_LAYERS', 'PopulationStatsHook', 'SSNRadiusHook',
+           'SparseSwitchableNorm', 'SwitchableNorm', '__version__',
+           'recompute_population_stats', 'sn_paramwise_cfg']

@@ -7,8 +7,13 @@ import torch
 
 
 def reference_sn(x, mean_logits, var_logits, weight, bias, eps=1e-5,
-                 running_mean=None, running_var=None, using_bn=True):
-    """Returns (y, batch_mean, batch_var) for x of shape (N, C, *)."""
+                 running_mean=None, running_var=None, using_bn=True,
+                 mixing=None):
+    """Returns (y, batch_mean, batch_var) for x of shape (N, C, *).
+
+    ``mixing``: optional ``(w_mean, w_var)`` used instead of the softmax of
+    the logits (for SSN).
+    """
     n, c = x.shape[:2]
     flat = x.dim() == 2
     xs = x.reshape(n, c, -1)
@@ -16,6 +21,8 @@ def reference_sn(x, mean_logits, var_logits, weight, bias, eps=1e-5,
     available = torch.tensor([not flat, True, using_bn])
     w_mean = torch.softmax(mean_logits.masked_fill(~available, -1e30), 0)
     w_var = torch.softmax(var_logits.masked_fill(~available, -1e30), 0)
+    if mixing is not None:
+        w_mean, w_var = mixing
     if flat:
         mean_in = xs[:, :, 0]
         var_in = torch.zeros_like(mean_in)

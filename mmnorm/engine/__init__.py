@@ -1,7 +1,7 @@
 """Training-time machinery: hooks and post-training tools."""
-from .hooks import PopulationStatsHook
+from .hooks import PopulationStatsHook, SSNRadiusHook
 from .optim import sn_paramwise_cfg
 from .population import recompute_population_stats
 
-__all__ = ['PopulationStatsHook', 'recompute_population_stats',
-           'sn_paramwise_cfg']
+__all__ = ['PopulationStatsHook', 'SSNRadiusHook',
+           'recompute_population_stats', 'sn_paramwise_cfg']

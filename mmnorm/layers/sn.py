@@ -162,6 +162,11 @@ class SwitchableNorm(_BatchNorm):
         return (masked_softmax(self.mean_weight, available),
                 masked_softmax(self.var_weight, available))
 
+    def _forward_weights(self, flat: bool) -> tuple[Tensor, Tensor]:
+        """The weights a training/inference forward uses (subclasses may
+        update state here, e.g. SSN freezing a one-hot choice)."""
+        return self.mixing_weights(flat)
+
     def ratios(self) -> dict[str, dict[str, float]]:
         """Mixing ratios by name for the input rank last seen, e.g.
         ``{'mean': {'in': .2, 'ln': .3, 'bn': .5}, 'var': {...}}``."""
@@ -177,7 +182,7 @@ class SwitchableNorm(_BatchNorm):
         self._check_input_dim(input)
         flat = input.dim() == 2
         self._last_rank = input.dim()
-        mean_w, var_w = self.mixing_weights(flat)
+        mean_w, var_w = self._forward_weights(flat)
         use_batch = self._uses_batch_stats()
         running = ((None, None) if use_batch
                    else (self.running_mean, self.running_var))

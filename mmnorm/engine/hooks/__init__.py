@@ -1,4 +1,5 @@
 """mmengine hooks, registered in the root ``HOOKS`` registry."""
 from .population_stats_hook import PopulationStatsHook
+from .ssn_radius_hook import SSNRadiusHook
 
-__all__ = ['PopulationStatsHook']
+__all__ = ['PopulationStatsHook', 'SSNRadiusHook']
