@@ -15,11 +15,23 @@ from .engine import (
     recompute_population_stats,
     sn_paramwise_cfg,
 )
-from .layers import SparseSwitchableNorm, SwitchableNorm
+from .layers import (
+    SparseSwitchableNorm,
+    SwitchableNorm,
+    SyncSparseSwitchableNorm,
+    SyncSwitchableNorm,
+    convert_sync_sn,
+    revert_sync_sn,
+)
 from .version import __version__
 
 #: type name in configs -> layer class
-NORM_LAYERS = {'SN': SwitchableNorm, 'SSN': SparseSwitchableNorm}
+NORM_LAYERS = {
+    'SN': SwitchableNorm,
+    'SSN': SparseSwitchableNorm,
+    'SyncSN': SyncSwitchableNorm,
+    'SyncSSN': SyncSparseSwitchableNorm,
+}
 
 for _name, _cls in NORM_LAYERS.items():
     if MODELS.module_dict.get(_name) is not _cls:  # importing twice is fine
@@ -27,5 +39,7 @@ for _name, _cls in NORM_LAYERS.items():
 guards.install()
 
 __all__ = ['NORM_LAYERS', 'PopulationStatsHook', 'SSNRadiusHook',
-           'SparseSwitchableNorm', 'SwitchableNorm', '__version__',
-           'recompute_population_stats', 'sn_paramwise_cfg']
+           'SparseSwitchableNorm', 'SwitchableNorm',
+           'SyncSparseSwitchableNorm', 'SyncSwitchableNorm', '__version__',
+           'convert_sync_sn', 'recompute_population_stats', 'revert_sync_sn',
+           'sn_paramwise_cfg']

@@ -17,20 +17,36 @@ def _bn_model():
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
 
 
-def test_mmengine_sync_bn_refuses_sn_and_converts_bn():
+def _mixed_model():
+    from mmnorm import SparseSwitchableNorm
+    return nn.Sequential(nn.Conv2d(3, 4, 3), SwitchableNorm(4),
+                         nn.BatchNorm2d(4), SparseSwitchableNorm(4))
+
+
+def test_mmengine_sync_bn_turns_sn_into_sync_sn_and_bn_into_sync_bn():
     from mmengine.model import convert_sync_batchnorm
     from mmengine.runner import runner as runner_module
+
+    from mmnorm import SyncSparseSwitchableNorm, SyncSwitchableNorm
     for convert in (convert_sync_batchnorm,
                     runner_module.convert_sync_batchnorm):
-        with pytest.raises(ValueError, match=r"sync_bn.*'1'.*Remove"):
-            convert(_sn_model())
+        model = _mixed_model()
+        with torch.no_grad():
+            model[1].mean_weight.copy_(torch.tensor([3.0, 1.0, 0.0]))
+        converted = convert(model)
+        assert type(converted[1]) is SyncSwitchableNorm
+        assert type(converted[2]) is nn.SyncBatchNorm
+        assert type(converted[3]) is SyncSparseSwitchableNorm
+        assert converted[1].mean_weight.tolist() == [3.0, 1.0, 0.0]
     converted = convert_sync_batchnorm(_bn_model())
     assert isinstance(converted[1], nn.SyncBatchNorm)
 
 
-def test_torch_convert_sync_batchnorm_refuses_sn():
-    with pytest.raises(ValueError, match='SyncBatchNorm.convert'):
-        nn.SyncBatchNorm.convert_sync_batchnorm(_sn_model())
+def test_torch_convert_sync_batchnorm_handles_sn():
+    from mmnorm import SyncSwitchableNorm
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(_mixed_model())
+    assert type(converted[1]) is SyncSwitchableNorm
+    assert type(converted[2]) is nn.SyncBatchNorm
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(_bn_model())
     assert isinstance(converted[1], nn.SyncBatchNorm)
 

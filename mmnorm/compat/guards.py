@@ -1,20 +1,23 @@
-"""Refuse the OpenMMLab conversions that would silently break mmnorm layers.
+"""Keep the toolkits' BN-only conversions from silently breaking mmnorm.
 
 mmnorm layers subclass ``_BatchNorm`` so that the toolkits treat them like BN
 where that is right (``norm_eval``, weight decay rules, init, checkpoints).
 Three conversions also key on ``_BatchNorm`` and would be wrong for them:
 
-* ``sync_bn`` (mmengine's / torch's ``convert_sync_batchnorm``) replaces every
-  ``_BatchNorm`` by ``SyncBatchNorm``, dropping SN's IN and LN branches;
+* ``sync_bn`` (mmengine's / torch's ``convert_sync_batchnorm``) would
+  replace every ``_BatchNorm`` by ``SyncBatchNorm``, dropping SN's IN and LN
+  branches. Wrapped here to turn SN / SSN into SyncSN / SyncSSN instead and
+  to hand every other BN layer to the original converter; other mmnorm
+  layers are left alone.
 * mmcv's ``fuse_conv_bn`` (``--fuse-conv-bn``) folds an eval-mode BN into
   the preceding conv from its running statistics;
 * ``efficient_conv_bn_eval`` (mmcv's ``ConvModule`` and mmengine's graph
   rewrite) does the same folding on the fly.
 
 A layer whose eval-mode output is not a fixed affine map declares
-``folds_into_conv = False``. :func:`install` wraps those entry points so that
-they raise a ``ValueError`` naming the layers instead of changing the model.
-Models without such layers are converted exactly as before.
+``folds_into_conv = False``; the two folding entry points raise a
+``ValueError`` naming such layers instead of changing the model. Models
+without mmnorm layers are converted exactly as before.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import sys
 from typing import Callable
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 _MARK = '__mmnorm_guarded__'
 
@@ -65,8 +69,6 @@ def _guard(func: Callable, what: str, advice: str,
     return guarded
 
 
-_SYNC_ADVICE = ("Remove 'sync_bn' from the config: SN keeps per-process "
-                'statistics, as in the SN paper.')
 _FUSE_ADVICE = 'Run without --fuse-conv-bn / fuse_conv_bn for this model.'
 _EFFICIENT_ADVICE = ("Remove 'efficient_conv_bn_eval' for the modules that "
                      'contain mmnorm layers.')
@@ -79,24 +81,48 @@ def _rebind(module_names: list[str], attr: str, new: Callable) -> None:
             setattr(mod, attr, new)
 
 
+def _sync_with_mmnorm(convert: Callable) -> Callable:
+    """Wrap a BN->SyncBN converter so that mmnorm layers get their own
+    synchronized versions and every other BN goes to ``convert``."""
+    if getattr(convert, _MARK, False):
+        return convert
+    from ..layers.sync import convert_sync_sn
+
+    def convert_others(module, args, kwargs):
+        if getattr(module, 'folds_into_conv', True) is False:
+            return module
+        if isinstance(module, _BatchNorm):
+            return convert(module, *args, **kwargs)
+        for name, child in module.named_children():
+            new = convert_others(child, args, kwargs)
+            if new is not child:
+                setattr(module, name, new)
+        return module
+
+    @functools.wraps(convert)
+    def converted(module, *args, **kwargs):
+        if not unfoldable_layers(module):
+            return convert(module, *args, **kwargs)
+        return convert_others(convert_sync_sn(module), args, kwargs)
+
+    setattr(converted, _MARK, True)
+    return converted
+
+
 def install() -> None:
     """Wrap the conversions listed in the module docstring (idempotent)."""
     import mmengine.model.efficient_conv_bn_eval as ecbe
     import mmengine.model.utils as mme_utils
     import torch
 
-    sync = _guard(mme_utils.convert_sync_batchnorm,
-                  "mmengine's convert_sync_batchnorm (cfg.sync_bn)",
-                  _SYNC_ADVICE)
+    sync = _sync_with_mmnorm(mme_utils.convert_sync_batchnorm)
     _rebind(['mmengine.model.utils', 'mmengine.model',
              'mmengine.runner.runner'], 'convert_sync_batchnorm', sync)
 
     torch_convert = torch.nn.SyncBatchNorm.convert_sync_batchnorm
     if not getattr(torch_convert, _MARK, False):
-        guarded = _guard(torch_convert, 'torch.nn.SyncBatchNorm.'
-                         'convert_sync_batchnorm', _SYNC_ADVICE)
         torch.nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(
-            guarded)
+            _sync_with_mmnorm(torch_convert))
 
     ecbe.turn_on_efficient_conv_bn_eval_for_single_model = _guard(
         ecbe.turn_on_efficient_conv_bn_eval_for_single_model,

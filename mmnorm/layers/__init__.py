@@ -1,5 +1,13 @@
 """mmnorm's normalization layers, one normalizer per module."""
 from .sn import SwitchableNorm
 from .ssn import SparseSwitchableNorm
+from .sync import (
+    SyncSparseSwitchableNorm,
+    SyncSwitchableNorm,
+    convert_sync_sn,
+    revert_sync_sn,
+)
 
-__all__ = ['SparseSwitchableNorm', 'SwitchableNorm']
+__all__ = ['SparseSwitchableNorm', 'SwitchableNorm',
+           'SyncSparseSwitchableNorm', 'SyncSwitchableNorm',
+           'convert_sync_sn', 'revert_sync_sn']

@@ -162,6 +162,10 @@ class SwitchableNorm(_BatchNorm):
         return (masked_softmax(self.mean_weight, available),
                 masked_softmax(self.var_weight, available))
 
+    def _mix(self, flat: bool) -> SwitchableMix:
+        """How the statistics are mixed (SyncSN shares the BN branch)."""
+        return self._mix_flat if flat else self._mix_spatial
+
     def _forward_weights(self, flat: bool) -> tuple[Tensor, Tensor]:
         """The weights a training/inference forward uses (subclasses may
         update state here, e.g. SSN freezing a one-hot choice)."""
@@ -186,7 +190,7 @@ class SwitchableNorm(_BatchNorm):
         use_batch = self._uses_batch_stats()
         running = ((None, None) if use_batch
                    else (self.running_mean, self.running_var))
-        mix = self._mix_flat if flat else self._mix_spatial
+        mix = self._mix(flat)
         x = input.reshape(input.shape[0], input.shape[1], -1)
         y, batch_mean, batch_var = moment_norm(
             x, self.weight, self.bias, self.eps, mix,

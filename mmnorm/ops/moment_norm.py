@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable
 #   mix.forward(mean_in, var_in, *params) -> (mean, var, *aux)
 #       mean, var broadcastable to (N, C); aux: extra tensors returned to the
 #       caller without gradient (e.g. batch statistics for running buffers)
-#   mix.backward(mean_in, var_in, params, grad_mean, grad_var)
+#   mix.backward(mean_in, var_in, params, aux, grad_mean, grad_var)
 #       -> (grad_mean_in, grad_var_in, *grad_params)
 MixFn = Any
 
@@ -139,11 +139,12 @@ class _MomentNorm(torch.autograd.Function):
             shift = shift.expand(n, c).reshape(-1, 1)
             y = standardized.mul_(scale / rstd_r.unsqueeze(1))
             y = y.add_(shift + mean_r.unsqueeze(1) * scale).to(x.dtype)
+        aux = [a.detach() for a in aux]
         ctx.save_for_backward(x, mean_in, var_in, rstd_r, mean.detach(),
-                              var.detach(), weight, bias, *params)
+                              var.detach(), weight, bias, *aux, *params)
+        ctx.num_aux = len(aux)
         ctx.eps = eps
         ctx.mix = mix
-        aux = [a.detach() for a in aux]
         ctx.mark_non_differentiable(*aux)
         return (y, *aux)
 
@@ -151,7 +152,8 @@ class _MomentNorm(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y: Tensor, *unused_aux_grads):
         (x, mean_in, var_in, rstd_r, mean, var, weight, bias,
-         *params) = ctx.saved_tensors
+         *rest) = ctx.saved_tensors
+        aux, params = rest[:ctx.num_aux], rest[ctx.num_aux:]
         n, c, m = x.shape
         with torch.autocast(x.device.type, enabled=False):
             rows = x.to(_stat_dtype(x)).reshape(n * c, m)
@@ -182,8 +184,8 @@ class _MomentNorm(torch.autograd.Function):
             grad_var = grad_rstd * (-0.5) * rstd.pow(3)
 
             grad_mean_in, grad_var_in, *grad_params = ctx.mix.backward(
-                mean_in, var_in, tuple(params), grad_mean.expand(n, c),
-                grad_var.expand(n, c))
+                mean_in, var_in, tuple(params), tuple(aux),
+                grad_mean.expand(n, c), grad_var.expand(n, c))
 
             grad_x = None
             if ctx.needs_input_grad[0]:

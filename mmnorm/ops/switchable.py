@@ -56,43 +56,45 @@ class SwitchableMix:
     Parameters passed to :meth:`forward` / :meth:`backward`, in order:
     ``mean_weight``, ``var_weight`` (``(3,)``, already normalized), then
     ``running_mean``, ``running_var`` (``(C,)``) or ``None`` for batch
-    statistics. Subclasses that share BN statistics across processes
-    override :meth:`sample_mean` and :meth:`sample_mean_grad`.
+    statistics. The BN branch is the only one that looks across samples;
+    subclasses that share it across processes override :meth:`batch_stats`
+    and :meth:`batch_stats_backward`.
     """
 
     def __init__(self, flat_input: bool = False) -> None:
         self.flat_input = flat_input
 
-    # --- reductions over samples (the only place BN looks across samples)
-    def sample_mean(self, t: Tensor) -> Tensor:
-        """``(N, C) -> (C,)`` mean over samples."""
-        return t.mean(0)
+    def batch_stats(self, mean_in: Tensor, var_in: Tensor
+                    ) -> tuple[Tensor, Tensor]:
+        """BN statistics ``(mean_bn, var_bn)``, each ``(C,)``, of the
+        samples (Bessel-corrected over samples for ``(N, C)`` input)."""
+        mean_bn = mean_in.mean(0)
+        var_bn = var_in.mean(0) + (mean_in - mean_bn).square().mean(0)
+        if self.flat_input:
+            var_bn = var_bn * _bessel(mean_in.shape[0])
+        return mean_bn, var_bn
 
-    def sample_mean_grad(self, grad: Tensor, like: Tensor) -> Tensor:
-        """Gradient of :meth:`sample_mean` for an output gradient ``(C,)``."""
-        return (grad / like.shape[0]).expand_as(like)
+    def batch_stats_backward(self, mean_in: Tensor, mean_bn: Tensor,
+                             grad_mean_bn: Tensor, grad_var_bn: Tensor
+                             ) -> tuple[Tensor, Tensor]:
+        """Gradients w.r.t. ``(mean_in, var_in)`` of :meth:`batch_stats`
+        given ``(C,)`` gradients of its outputs. The deviation term of
+        ``var_bn`` contributes ``2 (mean_in - mean_bn) / N``; its dependence
+        through ``mean_bn`` vanishes because the deviations sum to 0."""
+        count = mean_in.shape[0]
+        bessel = _bessel(count) if self.flat_input else 1.0
+        g_mean = grad_mean_bn / count
+        g_var = grad_var_bn * (bessel / count)
+        return (g_mean + 2.0 * (mean_in - mean_bn) * g_var,
+                g_var.expand_as(mean_in))
 
-    def sample_count(self, like: Tensor) -> int:
-        return like.shape[0]
-
-    # ------------------------------------------------------------------
-    def _branches(self, mean_in: Tensor, var_in: Tensor, use_batch: bool):
-        num_channels = mean_in.shape[1]
-        bessel_c = _bessel(num_channels) if self.flat_input else 1.0
+    def _ln_stats(self, mean_in: Tensor, var_in: Tensor):
+        bessel = _bessel(mean_in.shape[1]) if self.flat_input else 1.0
         mean_ln = mean_in.mean(1, keepdim=True)
         dev_ln = mean_in - mean_ln
         var_ln = (var_in.mean(1, keepdim=True)
-                  + dev_ln.square().mean(1, keepdim=True)) * bessel_c
-        batch = None
-        if use_batch:
-            bessel_n = (_bessel(self.sample_count(mean_in))
-                        if self.flat_input else 1.0)
-            mean_bn = self.sample_mean(mean_in)
-            dev_bn = mean_in - mean_bn
-            var_bn = (self.sample_mean(var_in)
-                      + self.sample_mean(dev_bn.square())) * bessel_n
-            batch = (mean_bn, var_bn, dev_bn, bessel_n)
-        return mean_ln, var_ln, dev_ln, bessel_c, batch
+                  + dev_ln.square().mean(1, keepdim=True)) * bessel
+        return mean_ln, var_ln, dev_ln, bessel
 
     def forward(self, mean_in: Tensor, var_in: Tensor, mean_weight: Tensor,
                 var_weight: Tensor, running_mean: Optional[Tensor] = None,
@@ -101,11 +103,9 @@ class SwitchableMix:
         """Returns ``(mean, var, batch_mean, batch_var)``: the mixed
         ``(N, C)`` statistics and this batch's ``(C,)`` BN statistics
         (what running buffers track; the running ones in inference)."""
-        use_batch = running_mean is None
-        mean_ln, var_ln, _, _, batch = self._branches(mean_in, var_in,
-                                                      use_batch)
-        if use_batch:
-            mean_bn, var_bn = batch[0], batch[1]
+        mean_ln, var_ln, _, _ = self._ln_stats(mean_in, var_in)
+        if running_mean is None:
+            mean_bn, var_bn = self.batch_stats(mean_in, var_in)
         else:
             mean_bn, var_bn = running_mean, running_var
         # Derived variances can come out a rounding error below zero.
@@ -118,19 +118,18 @@ class SwitchableMix:
         return mean, var, mean_bn, var_bn
 
     def backward(self, mean_in: Tensor, var_in: Tensor,
-                 params: tuple[Optional[Tensor], ...], grad_mean: Tensor,
+                 params: tuple[Optional[Tensor], ...],
+                 outputs: tuple[Tensor, ...], grad_mean: Tensor,
                  grad_var: Tensor) -> tuple[Optional[Tensor], ...]:
         """Gradients w.r.t. ``(mean_in, var_in, *params)`` given those of
-        the mixed ``mean`` and ``var`` (each ``(N, C)``)."""
-        mean_weight, var_weight, running_mean, running_var = params
+        the mixed ``mean`` and ``var`` (each ``(N, C)``). ``outputs`` is what
+        :meth:`forward` returned after ``(mean, var)``: the BN statistics
+        it used, so that they are not recomputed (or re-synchronized)."""
+        mean_weight, var_weight, running_mean, _ = params
         use_batch = running_mean is None
         num_channels = mean_in.shape[1]
-        mean_ln, var_ln, dev_ln, bessel_c, batch = self._branches(
-            mean_in, var_in, use_batch)
-        if use_batch:
-            mean_bn, var_bn, dev_bn, bessel_n = batch
-        else:
-            mean_bn, var_bn = running_mean, running_var
+        mean_ln, var_ln, dev_ln, bessel_c = self._ln_stats(mean_in, var_in)
+        mean_bn, var_bn = outputs
 
         grad_mean_w = torch.stack([
             (grad_mean * mean_in).sum(), (grad_mean * mean_ln).sum(),
@@ -148,13 +147,11 @@ class SwitchableMix:
         grad_var_in = var_weight[0] * grad_var + g_var_ln / num_channels
         if use_batch:
             g_mean_bn = mean_weight[2] * grad_mean.sum(0)
-            g_var_bn = (var_weight[2] * grad_var.sum(0) * (var_bn > 0)
-                        * bessel_n)
-            grad_mean_in = grad_mean_in + self.sample_mean_grad(
-                g_mean_bn, mean_in) + 2.0 * dev_bn * self.sample_mean_grad(
-                    g_var_bn, mean_in)
-            grad_var_in = grad_var_in + self.sample_mean_grad(g_var_bn,
-                                                              var_in)
+            g_var_bn = var_weight[2] * grad_var.sum(0) * (var_bn > 0)
+            g_mean_in_bn, g_var_in_bn = self.batch_stats_backward(
+                mean_in, mean_bn, g_mean_bn, g_var_bn)
+            grad_mean_in = grad_mean_in + g_mean_in_bn
+            grad_var_in = grad_var_in + g_var_in_bn
         return grad_mean_in, grad_var_in, grad_mean_w, grad_var_w, None, None
 
 

@@ -1,0 +1,98 @@
+"""Synchronized SN and SSN: ``type='SyncSN'`` and ``type='SyncSSN'``.
+
+The BN branch's statistics are computed over all processes of the group
+(see :mod:`mmnorm.ops.distributed`); IN and LN stay per sample. Without an
+initialized process group, with one process, or in eval mode (running
+statistics agree on every rank) the layers are exactly SN / SSN.
+
+They deliberately do not subclass ``nn.SyncBatchNorm``: mmengine turns every
+``SyncBatchNorm`` back into plain BN in non-distributed runs.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from ..ops.distributed import SyncSwitchableMix, distributed_world_size
+from ..ops.switchable import SwitchableMix
+from .sn import SwitchableNorm
+from .ssn import SparseSwitchableNorm
+
+
+class _SynchronizedBatchStats:
+    """Mixin: share the BN statistics of a switchable layer across
+    processes while training."""
+
+    process_group = None
+
+    def _mix(self, flat: bool) -> SwitchableMix:
+        if self.training and distributed_world_size(
+                self.process_group) > 1:
+            return SyncSwitchableMix(flat, self.process_group)
+        return super()._mix(flat)
+
+
+class SyncSwitchableNorm(_SynchronizedBatchStats, SwitchableNorm):
+    """SN with the BN branch synchronized across processes.
+
+    Same arguments as :class:`SwitchableNorm`; ``process_group`` (Python
+    only) restricts the synchronization to a group.
+    """
+
+    def __init__(self, num_features: int, *args,
+                 process_group: Optional[object] = None, **kwargs) -> None:
+        super().__init__(num_features, *args, **kwargs)
+        self.process_group = process_group
+
+
+class SyncSparseSwitchableNorm(_SynchronizedBatchStats,
+                               SparseSwitchableNorm):
+    """SSN with the BN branch synchronized across processes."""
+
+    def __init__(self, num_features: int, *args,
+                 process_group: Optional[object] = None, **kwargs) -> None:
+        super().__init__(num_features, *args, **kwargs)
+        self.process_group = process_group
+
+
+_TO_SYNC = {SwitchableNorm: SyncSwitchableNorm,
+            SparseSwitchableNorm: SyncSparseSwitchableNorm}
+_FROM_SYNC = {v: k for k, v in _TO_SYNC.items()}
+
+
+def _swap(module: nn.Module, mapping: dict, **extra) -> nn.Module:
+    cls = mapping.get(type(module))
+    if cls is not None:
+        new = cls(module.num_features, eps=module.eps,
+                  momentum=module.momentum, affine=module.affine,
+                  using_bn=module.using_bn,
+                  using_moving_average=module.using_moving_average, **extra)
+        new.to(device=module.mean_weight.device,
+               dtype=module.mean_weight.dtype)
+        new.load_state_dict(module.state_dict())
+        for name, param in new.named_parameters():
+            param.requires_grad_(
+                getattr(module, name).requires_grad)
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        swapped = _swap(child, mapping, **extra)
+        if swapped is not child:
+            setattr(module, name, swapped)
+    return module
+
+
+def convert_sync_sn(module: nn.Module,
+                    process_group: Optional[object] = None) -> nn.Module:
+    """Replace every SN / SSN layer by its synchronized version (in place
+    for children; returns the converted module). Call it before building
+    the optimizer and wrapping the model in DDP."""
+    if process_group is None:
+        return _swap(module, _TO_SYNC)
+    return _swap(module, _TO_SYNC, process_group=process_group)
+
+
+def revert_sync_sn(module: nn.Module) -> nn.Module:
+    """Replace every SyncSN / SyncSSN layer by plain SN / SSN."""
+    return _swap(module, _FROM_SYNC)
