@@ -8,7 +8,7 @@ imports no toolkit (mmdet, mmseg, mmaction2); their extras live in
 """
 from mmengine.registry import MODELS
 
-from .compat import guards
+from .compat import checkpoint, guards
 from .engine import (
     PopulationStatsHook,
     SSNRadiusHook,
@@ -37,6 +37,7 @@ for _name, _cls in NORM_LAYERS.items():
     if MODELS.module_dict.get(_name) is not _cls:  # importing twice is fine
         MODELS.register_module(_name, module=_cls)
 guards.install()
+checkpoint.install()
 
 __all__ = ['NORM_LAYERS', 'PopulationStatsHook', 'SSNRadiusHook',
            'SparseSwitchableNorm', 'SwitchableNorm',
