@@ -97,11 +97,18 @@ def test_amp_on_cpu_is_refused_clearly(tmp_path):
 
 
 def test_two_process_cpu_training_resume_and_test(tmp_path):
+    import torch
     work = str(tmp_path / 'work')
-    log = _run(['bash', os.path.join(TOOLS, 'dist_train.sh'), CONFIG, '2',
+    log = _run(['bash', os.path.join(TOOLS, 'dist_train.sh'),
+                os.path.join(FIXTURES, 'toy_config_dump.py'), '2',
                 '--work-dir', work], PORT=_free_port())
     assert 'Distributed training: True' in log
     assert os.path.exists(os.path.join(work, 'epoch_2.pth'))
+    ranks = [torch.load(os.path.join(work, f'final_rank{r}.pt'),
+                        weights_only=True) for r in (0, 1)]
+    for name, value in ranks[0].items():
+        if name.endswith(('weight', 'bias')):  # parameters (and lambdas)
+            assert torch.equal(value, ranks[1][name]), name
     # resume (weights-only safe loading) and train one more epoch
     log = _run([sys.executable, os.path.join(TOOLS, 'train.py'), CONFIG,
                 '--work-dir', work, '--resume',
@@ -118,3 +125,53 @@ def test_two_process_cpu_training_resume_and_test(tmp_path):
                 os.path.join(work, 'epoch_3.pth'), '2', '--work-dir', work],
                PORT=_free_port())
     assert 'accuracy' in log
+
+
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
+    import torch
+    straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
+    train = [sys.executable, os.path.join(TOOLS, 'train.py'), CONFIG]
+    _run(train + ['--work-dir', straight])
+    dying = subprocess.run(
+        [sys.executable, os.path.join(TOOLS, 'train.py'),
+         os.path.join(FIXTURES, 'toy_config_die.py'), '--work-dir', killed],
+        env=_env(), capture_output=True, text=True, timeout=600)
+    assert dying.returncode == 17
+    assert not os.path.exists(os.path.join(killed, 'epoch_2.pth'))
+    _run(train + ['--work-dir', killed, '--resume'])
+    a = torch.load(os.path.join(straight, 'epoch_2.pth'))['state_dict']
+    b = torch.load(os.path.join(killed, 'epoch_2.pth'))['state_dict']
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path):
+    import torch
+    work = str(tmp_path / 'work')
+    _run([sys.executable, os.path.join(TOOLS, 'train.py'), CONFIG,
+          '--work-dir', work, '--cfg-options', 'train_cfg.max_epochs=1'])
+    marker = tmp_path / 'payload_ran'
+    evil = os.path.join(work, 'epoch_1.pth')
+    checkpoint = torch.load(evil)
+    checkpoint['meta']['note'] = _Payload(str(marker))
+    torch.save(checkpoint, evil)
+    for cmd in ([sys.executable, os.path.join(TOOLS, 'test.py'), CONFIG,
+                 evil, '--work-dir', work],
+                [sys.executable, os.path.join(TOOLS, 'train.py'), CONFIG,
+                 '--work-dir', work, '--resume', evil, '--cfg-options',
+                 'train_cfg.max_epochs=2']):
+        result = subprocess.run(cmd, env=_env(), capture_output=True,
+                                text=True, timeout=600, cwd=ROOT)
+        assert result.returncode != 0
+        assert 'refused to load' in result.stderr
+        assert 'system' in result.stderr  # names the offending global
+        assert not marker.exists()

@@ -16,6 +16,7 @@ sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 from mmengine.config import Config, DictAction  # noqa: E402
 
 import mmnorm  # noqa: E402,F401
+from mmnorm.compat.checkpoint import refuse_unsafe_checkpoints  # noqa: E402
 from mmnorm.engine.launch import (  # noqa: E402
     LAUNCHERS,
     configure_distributed,
@@ -99,7 +100,8 @@ def main(argv=None):
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(
             DumpResults(out_file_path=args.out))
-    runner.test()
+    with refuse_unsafe_checkpoints():
+        runner.test()
 
 
 if __name__ == '__main__':

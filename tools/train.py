@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 
 import mmnorm  # noqa: E402,F401  (layers, hooks, checkpoint and sync guards)
+from mmnorm.compat.checkpoint import refuse_unsafe_checkpoints  # noqa: E402
 from mmnorm.engine.launch import (  # noqa: E402
     LAUNCHERS,
     configure_distributed,
@@ -89,7 +90,8 @@ def main(argv=None):
     from mmengine.runner import Runner
     runner = (Runner.from_cfg(cfg) if 'runner_type' not in cfg
               else RUNNERS.build(cfg))
-    runner.train()
+    with refuse_unsafe_checkpoints():
+        runner.train()
 
 
 if __name__ == '__main__':

@@ -16,8 +16,10 @@ Delete this module once mmengine passes ``weights_only`` itself.
 """
 from __future__ import annotations
 
+import contextlib
 import pickle
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -55,3 +57,19 @@ def install() -> None:
     torch.serialization.add_safe_globals(
         [*_numpy_globals(), HistoryBuffer,
          (history_buffer_getattr, 'builtins.getattr')])
+
+
+@contextlib.contextmanager
+def refuse_unsafe_checkpoints() -> Iterator[None]:
+    """Turn a checkpoint that weights-only loading rejects into a clear
+    exit message (the tools' behaviour); nothing in it has run."""
+    try:
+        yield
+    except pickle.UnpicklingError as error:
+        reason = str(error).split('WeightsUnpickler error:')[-1].strip()
+        reason = reason.split('Check the documentation')[0].strip()
+        print('mmnorm: refused to load a checkpoint: it holds objects that '
+              'weights-only loading does not allow, which could run code '
+              f'when unpickled. Nothing from it was executed.\n{reason}',
+              file=sys.stderr)
+        raise SystemExit(1) from None
