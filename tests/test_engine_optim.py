@@ -43,3 +43,44 @@ def test_config_fragment_matches_python_helper():
                         'sn_paramwise.py')
     cfg = Config.fromfile(path)
     assert cfg.optim_wrapper.paramwise_cfg.to_dict() == sn_paramwise_cfg()
+
+
+def test_lambda_clipping_touches_only_the_mixing_weights():
+    import torch
+    from mmengine.optim import build_optim_wrapper
+
+    from mmnorm import SparseSwitchableNorm
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), SwitchableNorm(4),
+                          SparseSwitchableNorm(4))
+    wrapper = build_optim_wrapper(model, dict(
+        type='MixingWeightClipOptimWrapper', lambda_max_norm=1.0,
+        optimizer=dict(type='SGD', lr=1.0)))
+    lambdas = [model[1].mean_weight, model[1].var_weight,
+               model[2].mean_weight, model[2].var_weight]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    wrapper.step()
+    moved = torch.cat([(before[id(p)] - p.detach()).flatten()
+                       for p in lambdas])
+    torch.testing.assert_close(moved.norm(), torch.tensor(1.0))  # lr 1
+    conv_step = before[id(model[0].weight)] - model[0].weight.detach()
+    torch.testing.assert_close(conv_step, torch.full_like(conv_step, 3.0))
+
+
+def test_ssn_recipe_fragment():
+    import os
+
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    path = os.path.join(os.path.dirname(__file__), '..', 'configs', '_base_',
+                        'ssn_recipe.py')
+    cfg = Config.fromfile(path)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), SwitchableNorm(4))
+    wrapper = build_optim_wrapper(model, dict(
+        cfg.optim_wrapper, optimizer=dict(type='SGD', lr=0.1,
+                                          weight_decay=1e-4)))
+    group = {id(p): g for g in wrapper.optimizer.param_groups
+             for p in g['params']}[id(model[1].mean_weight)]
+    assert group['lr'] == pytest.approx(0.01) and group['weight_decay'] == 0
+    assert cfg.custom_hooks[0].type == 'SSNRadiusHook'

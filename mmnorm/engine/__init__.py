@@ -1,7 +1,8 @@
 """Training-time machinery: hooks and post-training tools."""
 from .hooks import PopulationStatsHook, SSNRadiusHook
 from .optim import sn_paramwise_cfg
+from .optim_wrapper import MixingWeightClipOptimWrapper
 from .population import recompute_population_stats
 
-__all__ = ['PopulationStatsHook', 'SSNRadiusHook',
-           'recompute_population_stats', 'sn_paramwise_cfg']
+__all__ = ['MixingWeightClipOptimWrapper', 'PopulationStatsHook',
+           'SSNRadiusHook', 'recompute_population_stats', 'sn_paramwise_cfg']

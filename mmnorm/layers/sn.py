@@ -32,6 +32,10 @@ from ..ops import BRANCHES, SwitchableMix, masked_softmax, moment_norm
 
 _SUPPORTED_RANKS = (2, 3, 4, 5)
 
+#: Attribute set on every mixing-weight parameter (the lambdas), so that
+#: optimizer code can find them without parameter names.
+MIXING_WEIGHT_FLAG = '_mmnorm_mixing_weight'
+
 
 class SwitchableNorm(_BatchNorm):
     """Switchable Normalization over any input rank from 2 to 5.
@@ -112,6 +116,8 @@ class SwitchableNorm(_BatchNorm):
         self.using_moving_average = using_moving_average
         self.mean_weight = torch.nn.Parameter(torch.ones(len(BRANCHES)))
         self.var_weight = torch.nn.Parameter(torch.ones(len(BRANCHES)))
+        for lam in (self.mean_weight, self.var_weight):
+            setattr(lam, MIXING_WEIGHT_FLAG, True)
         # Which of [IN, LN, BN] exist, for spatial and for (N, C) input.
         self.register_buffer('_branches_spatial',
                              torch.tensor([True, True, using_bn]),
