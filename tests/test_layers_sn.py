@@ -272,3 +272,26 @@ def test_output_allows_inplace_activation():
     ref = x.detach().clone().requires_grad_()
     nn.functional.relu(SwitchableNorm(4)(ref)).sum().backward()
     torch.testing.assert_close(x.grad, ref.grad)
+
+
+@pytest.mark.parametrize('make_input', [
+    lambda: torch.randn(3, 4, 5, 5),
+    lambda: torch.randn(3, 4, 5, 5).to(memory_format=torch.channels_last),
+    lambda: torch.randn(3, 4, 1, 5).expand(3, 4, 5, 5),
+    lambda: torch.randn(3, 5, 5, 4).permute(0, 3, 1, 2),
+])
+def test_any_memory_layout_and_broadcast_gradients(make_input):
+    """y.sum() hands backward an expanded gradient; inputs may be
+    channels_last, permuted or expanded."""
+    layer = SwitchableNorm(4).double()
+    x = make_input().double().requires_grad_()
+    layer(x).sum().backward()
+    ref = x.detach().clone().contiguous().requires_grad_()
+    SwitchableNorm(4).double()(ref).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad, ref.grad)
+    # and against the independent reference
+    xr = x.detach().clone().contiguous().requires_grad_()
+    reference_sn(xr, layer.mean_weight, layer.var_weight, layer.weight,
+                 layer.bias)[0].sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)

@@ -64,8 +64,8 @@ def _row_moments(rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """
     num_rows, num_elems = rows.shape
     standardized, mean, rstd = torch.native_group_norm(
-        rows.view(1, num_rows, num_elems), None, None, 1, num_rows,
-        num_elems, num_rows, _TINY)
+        rows.contiguous().view(1, num_rows, num_elems), None, None, 1,
+        num_rows, num_elems, num_rows, _TINY)
     mean, rstd = mean.view(num_rows), rstd.view(num_rows)
     var = (rstd.reciprocal().square() - _TINY).clamp(min=0)
     return mean, var, rstd, standardized
@@ -125,7 +125,7 @@ class _MomentNorm(torch.autograd.Function):
                 *params: Optional[Tensor]):
         n, c, m = x.shape
         with torch.autocast(x.device.type, enabled=False):
-            rows = x.to(_stat_dtype(x)).reshape(n * c, m)
+            rows = x.to(_stat_dtype(x)).reshape(n * c, m).contiguous()
             mean_r, var_r, rstd_r, standardized = _row_moments(rows)
             mean_in = mean_r.view(n, c)
             var_in = var_r.view(n, c) * _bessel(m)
@@ -156,8 +156,10 @@ class _MomentNorm(torch.autograd.Function):
         aux, params = rest[:ctx.num_aux], rest[ctx.num_aux:]
         n, c, m = x.shape
         with torch.autocast(x.device.type, enabled=False):
-            rows = x.to(_stat_dtype(x)).reshape(n * c, m)
-            dy_rows = grad_y.to(rows.dtype).reshape(n * c, m)
+            rows = x.to(_stat_dtype(x)).reshape(n * c, m).contiguous()
+            # The fused kernels need dense rows; autograd may hand us an
+            # expanded (stride-0) gradient, e.g. from y.sum().
+            dy_rows = grad_y.to(rows.dtype).reshape(n * c, m).contiguous()
             # One fused pass for sum(dy * x_hat) and sum(dy) per row.
             _, dy_xhat, dy_sum = torch.ops.aten.native_group_norm_backward(
                 dy_rows.unsqueeze(0), rows.unsqueeze(0), mean_in.view(1, -1),

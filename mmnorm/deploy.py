@@ -1,0 +1,127 @@
+"""Collapse fixed SSN layers (and, on request, hardened SN layers) into the
+smallest module that computes the same thing.
+
+* both sources BN -> ``nn.BatchNorm1d/2d/3d`` in eval mode with the running
+  statistics (exactly what SN computes in inference);
+* anything else -> :class:`mmnorm.layers.fixed.FixedSourceNorm`, which
+  computes only the chosen statistics, with SN's exact definitions (the
+  native IN/GroupNorm modules use the biased IN variance and would differ
+  by a factor depending on the spatial size).
+
+Every replacement is checked on a random sample input against the layer it
+replaces, and a report row says what each layer became.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .layers import SparseSwitchableNorm, SwitchableNorm
+from .layers.fixed import FixedSourceNorm
+from .ops import BRANCHES
+
+_NATIVE_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d,
+              5: nn.BatchNorm3d}
+
+
+@dataclass
+class CollapsedLayer:
+    """One report row."""
+    name: str
+    source: str            # e.g. 'SSN (fixed)' or 'SN (hardened)'
+    mean: str              # 'in', 'ln' or 'bn'
+    var: str
+    became: str            # class name of the replacement
+    max_abs_diff: float    # on the sample input, eval mode
+
+
+def _choices(layer: SwitchableNorm, harden_sn: bool
+             ) -> Optional[tuple[int, int, str]]:
+    if isinstance(layer, SparseSwitchableNorm):
+        if layer.fixed:
+            return int(layer.mean_choice), int(layer.var_choice), \
+                'SSN (fixed)'
+        return None
+    if harden_sn:
+        with torch.no_grad():
+            mean_w, var_w = layer.mixing_weights(layer._last_rank == 2)
+        return int(mean_w.argmax()), int(var_w.argmax()), 'SN (hardened)'
+    return None
+
+
+def _replacement(layer: SwitchableNorm, mean_source: int, var_source: int
+                 ) -> nn.Module:
+    rank = layer._last_rank
+    kwargs = dict(eps=layer.eps, momentum=layer.momentum,
+                  affine=layer.affine)
+    if mean_source == var_source == 2:
+        new = _NATIVE_BN[rank](layer.num_features, **kwargs)
+    else:
+        new = FixedSourceNorm(layer.num_features, mean_source, var_source,
+                              **kwargs)
+    state = {k: v for k, v in layer.state_dict().items()
+             if k in new.state_dict()}
+    new.load_state_dict(state)
+    return new.to(layer.weight.device if layer.affine
+                  else layer.mean_weight.device).eval()
+
+
+def _sample(layer: SwitchableNorm) -> torch.Tensor:
+    spatial = {2: (), 3: (7,), 4: (5, 6), 5: (3, 4, 5)}[layer._last_rank]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, layer.num_features, *spatial, generator=generator)
+    return x.to(layer.mean_weight.device) * 2 + 0.5
+
+
+def collapse_fixed_norms(model: nn.Module, harden_sn: bool = False,
+                         atol: float = 1e-4) -> list[CollapsedLayer]:
+    """Replace fixed SSN (and with ``harden_sn`` all SN) layers in place.
+
+    The model is meant for inference afterwards (replacements are in eval
+    mode). Hardening an SN layer (argmax of its ratios) changes its output
+    by design; its row reports the difference instead of failing.
+
+    Returns:
+        One :class:`CollapsedLayer` per replaced layer.
+
+    Raises:
+        RuntimeError: a collapsed SSN layer does not reproduce its output
+            within ``atol`` (a bug, never expected).
+    """
+    report = []
+    for name, layer in list(model.named_modules()):
+        if not isinstance(layer, SwitchableNorm):
+            continue
+        picked = _choices(layer, harden_sn)
+        if picked is None:
+            continue
+        mean_source, var_source, source = picked
+        new = _replacement(layer, mean_source, var_source)
+        was_training = layer.training
+        layer.eval()
+        with torch.no_grad():
+            x = _sample(layer)
+            diff = float((new(x) - layer(x)).abs().max())
+        layer.train(was_training)
+        if source.startswith('SSN') and diff > atol:
+            raise RuntimeError(f'collapse_fixed_norms: {name} differs by '
+                               f'{diff:.3g} after collapsing')
+        parent_name, _, child = name.rpartition('.')
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+        report.append(CollapsedLayer(name, source, BRANCHES[mean_source],
+                                     BRANCHES[var_source],
+                                     type(new).__name__, diff))
+    return report
+
+
+def format_report(report: list[CollapsedLayer]) -> str:
+    """The report as a markdown table."""
+    lines = ['| layer | was | mean | var | became | max abs diff |',
+             '|---|---|---|---|---|---|']
+    lines += [f'| {r.name} | {r.source} | {r.mean} | {r.var} | {r.became} '
+              f'| {r.max_abs_diff:.2e} |' for r in report]
+    return '\n'.join(lines)
