@@ -142,3 +142,39 @@ def test_freeze_under_two_process_ddp(tmp_path):
         for later in history[3:]:
             assert torch.equal(later, history[2])
     assert torch.equal(results[0]['history'][-1], results[1]['history'][-1])
+
+
+@pytest.mark.parametrize('mean_choice,var_choice', [(0, 0), (1, 1), (2, 2),
+                                                    (0, 2), (1, 0)])
+def test_fixed_layer_uses_only_its_statistics_and_matches_sn(mean_choice,
+                                                             var_choice):
+    from mmnorm import SwitchableNorm
+    from mmnorm.layers.fixed import FixedSourceMix
+    ssn = _layer()
+    ssn.mean_choice.fill_(mean_choice)
+    ssn.var_choice.fill_(var_choice)
+    assert isinstance(ssn._mix(False), FixedSourceMix)
+    sn = SwitchableNorm(5).double()
+    sn.load_state_dict({k: v for k, v in ssn.state_dict().items()
+                        if k in sn.state_dict()})
+    with torch.no_grad():  # softmax of these logits is one-hot in float64
+        sn.mean_weight.copy_(torch.full((3,), -1e4))
+        sn.mean_weight[mean_choice] = 0
+        sn.var_weight.copy_(torch.full((3,), -1e4))
+        sn.var_weight[var_choice] = 0
+    running = ssn.running_var.clone()
+    for training in (True, False):
+        ssn.train(training)
+        sn.train(training)
+        x = torch.randn(4, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+        x2 = x.detach().clone().requires_grad_()
+        y, y2 = ssn(x), sn(x2)
+        torch.testing.assert_close(y, y2)
+        g = torch.randn_like(y)
+        y.backward(g)
+        y2.backward(g)
+        torch.testing.assert_close(x.grad, x2.grad)
+    if 2 in (mean_choice, var_choice):
+        torch.testing.assert_close(ssn.running_var, sn.running_var)
+    else:  # BN statistics are no longer computed nor tracked
+        torch.testing.assert_close(ssn.running_var, running)

@@ -175,3 +175,21 @@ def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path):
         assert 'refused to load' in result.stderr
         assert 'system' in result.stderr  # names the offending global
         assert not marker.exists()
+
+
+def test_collapse_norms_tool_reports_each_fixed_layer(tmp_path):
+    import json
+    work = str(tmp_path / 'work')
+    _run([sys.executable, os.path.join(TOOLS, 'train.py'), CONFIG,
+          '--work-dir', work])
+    report = str(tmp_path / 'report.json')
+    out = _run([sys.executable,
+                os.path.join(TOOLS, 'deployment', 'collapse_norms.py'),
+                CONFIG, os.path.join(work, 'epoch_2.pth'), '--harden-sn',
+                '--report', report, '--out', str(tmp_path / 'c.pth')])
+    rows = {r['name']: r for r in json.load(open(report))}
+    # radius reached 7/8 > sqrt(2/3): the SSN layer froze during training
+    assert rows['norm2']['source'] == 'SSN (fixed)'
+    assert rows['norm2']['max_abs_diff'] < 1e-4
+    assert rows['norm1']['source'] == 'SN (hardened)'
+    assert '| norm2 |' in out

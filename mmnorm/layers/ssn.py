@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 
 from ..ops.sparsestmax import sparsestmax
+from ..ops.switchable import SwitchableMix
+from .fixed import FixedSourceMix
 from .sn import SwitchableNorm
 
 _NOT_FIXED = -1
@@ -68,6 +70,7 @@ class SparseSwitchableNorm(SwitchableNorm):
                              torch.full((), _NOT_FIXED, dtype=torch.long))
         self.register_buffer('var_choice',
                              torch.full((), _NOT_FIXED, dtype=torch.long))
+        self._fixed_mixes: dict = {}
 
     @property
     def mean_fixed(self) -> bool:
@@ -102,6 +105,22 @@ class SparseSwitchableNorm(SwitchableNorm):
         if record and int((sub > 0).sum()) == 1:
             choice.fill_(int(index[int(sub.argmax())]))
         return weights
+
+    def _mix(self, flat: bool) -> SwitchableMix:
+        """A fully fixed layer computes only the statistics it uses."""
+        if not self.fixed:
+            return super()._mix(flat)
+        key = (int(self.mean_choice), int(self.var_choice), flat)
+        if key not in self._fixed_mixes:
+            self._fixed_mixes[key] = FixedSourceMix(*key)
+        return self._fixed_mixes[key]
+
+    def _track(self, batch_mean: Tensor, batch_var: Tensor) -> None:
+        # A fixed layer that uses no BN statistics no longer computes them.
+        if self.fixed and 2 not in (int(self.mean_choice),
+                                    int(self.var_choice)):
+            return
+        super()._track(batch_mean, batch_var)
 
     def mixing_weights(self, flat: bool = False) -> tuple[Tensor, Tensor]:
         available = self._available(flat)

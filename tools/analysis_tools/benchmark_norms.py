@@ -30,10 +30,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mmnorm import SwitchableNorm
+from mmnorm import SparseSwitchableNorm, SwitchableNorm
 
 SHAPES = [(8, 64, 56, 56), (2, 256, 100, 152), (16, 512, 14, 14)]
-TARGETS = dict(sn_vs_gn=1.5, naive_vs_sn=3.0, saved_vs_input=1.2)
+TARGETS = dict(sn_vs_gn=1.5, naive_vs_sn=3.0, saved_vs_input=1.2,
+               fixed_vs_native=1.25)
+# fixed SSN layer (mean source == variance source) vs the native module
+FIXED = {'BN': (2, lambda c: nn.BatchNorm2d(c)),
+         'IN': (0, lambda c: nn.InstanceNorm2d(c, affine=True)),
+         'LN': (1, lambda c: nn.GroupNorm(1, c))}
 
 
 class StraightforwardSN(nn.Module):
@@ -63,6 +68,13 @@ class StraightforwardSN(nn.Module):
         var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
         out = (flat - mean) / (var + self.eps).sqrt()
         return out.view(n, c, h, w) * self.weight + self.bias
+
+
+def fixed_ssn(channels: int, source: int) -> SparseSwitchableNorm:
+    layer = SparseSwitchableNorm(channels)
+    layer.mean_choice.fill_(source)
+    layer.var_choice.fill_(source)
+    return layer
 
 
 def implementations(channels: int) -> dict[str, nn.Module]:
@@ -100,6 +112,9 @@ def bench_shape(shape: tuple[int, ...], repeats: int, warmup: int) -> dict:
     x = torch.randn(shape, requires_grad=True)
     grad = torch.randn(shape)
     mods = implementations(shape[1])
+    for name, (source, native) in FIXED.items():
+        mods[f'SSN fixed {name}'] = fixed_ssn(shape[1], source)
+        mods[f'native {name}'] = native(shape[1])
 
     def forward(m):
         return lambda: m(x)
@@ -133,14 +148,22 @@ def bench_shape(shape: tuple[int, ...], repeats: int, warmup: int) -> dict:
         naive_vs_sn=rows['SN (straightforward)']['fwd_bwd_ms']
         / sn['fwd_bwd_ms'],
         saved_vs_input=sn['saved_vs_input'])
+    for name in FIXED:
+        ratios[f'fixed_{name}_vs_native'] = (
+            rows[f'SSN fixed {name}']['fwd_bwd_ms']
+            / rows[f'native {name}']['fwd_bwd_ms'])
     return dict(shape=list(shape), rows=rows, ratios=ratios)
 
 
 def meets_targets(ratios: dict) -> dict[str, bool]:
-    return dict(
+    met = dict(
         sn_vs_gn=ratios['sn_vs_gn'] <= TARGETS['sn_vs_gn'],
         naive_vs_sn=ratios['naive_vs_sn'] >= TARGETS['naive_vs_sn'],
         saved_vs_input=ratios['saved_vs_input'] <= TARGETS['saved_vs_input'])
+    for name in FIXED:
+        key = f'fixed_{name}_vs_native'
+        met[key] = ratios[key] <= TARGETS['fixed_vs_native']
+    return met
 
 
 def report(result: dict) -> str:
@@ -162,6 +185,10 @@ def report(result: dict) -> str:
         f"(target >= 3, {mark[ok['naive_vs_sn']]})",
         f"SN saved for backward / input: {r['saved_vs_input']:.2f} "
         f"(target <= 1.2, {mark[ok['saved_vs_input']]})"]
+    for name in FIXED:
+        key = f'fixed_{name}_vs_native'
+        lines.append(f'fixed SSN ({name}, {name}) / native {name} fwd+bwd: '
+                     f'{r[key]:.2f} (target <= 1.25, {mark[ok[key]]})')
     return '\n'.join(lines)
 
 
