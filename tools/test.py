@@ -17,12 +17,8 @@ from mmengine.config import Config, DictAction  # noqa: E402
 
 import mmnorm  # noqa: E402,F401
 from mmnorm.compat.checkpoint import refuse_unsafe_checkpoints  # noqa: E402
-from mmnorm.engine.launch import (  # noqa: E402
-    LAUNCHERS,
-    configure_distributed,
-    init_distributed,
-)
-from mmnorm.engine.toolkits import import_entry_point  # noqa: E402
+from mmnorm.engine.launch import LAUNCHERS  # noqa: E402
+from mmnorm.engine.toolkits import build_runner, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -63,14 +59,7 @@ def enable_visualization(cfg: Config, show_dir: str) -> None:
 
 
 def build_cfg(args) -> Config:
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.cfg_options, args.work_dir)
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_visualization(cfg, args.show_dir)
@@ -86,14 +75,7 @@ def build_cfg(args) -> Config:
 def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
-    import_entry_point(cfg.get('default_scope'))
-    backend = init_distributed(args.launcher, args.dist_backend)
-    configure_distributed(cfg, args.launcher, backend)
-
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    runner = (Runner.from_cfg(cfg) if 'runner_type' not in cfg
-              else RUNNERS.build(cfg))
+    runner = build_runner(cfg, args.launcher, args.dist_backend)
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise SystemExit('--out must be a .pkl or .pickle file')
