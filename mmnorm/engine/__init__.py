@@ -1,8 +1,9 @@
 """Training-time machinery: hooks and post-training tools."""
-from .hooks import PopulationStatsHook, SSNRadiusHook
+from .hooks import PopulationStatsHook, SNRatioLoggerHook, SSNRadiusHook
 from .optim import sn_paramwise_cfg
 from .optim_wrapper import MixingWeightClipOptimWrapper
 from .population import recompute_population_stats
 
 __all__ = ['MixingWeightClipOptimWrapper', 'PopulationStatsHook',
-           'SSNRadiusHook', 'recompute_population_stats', 'sn_paramwise_cfg']
+           'SNRatioLoggerHook', 'SSNRadiusHook', 'recompute_population_stats',
+           'sn_paramwise_cfg']
