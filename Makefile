@@ -2,7 +2,7 @@
 # both set up .venv/ first (see tools/setup_env.sh).
 PY := .venv/bin/python
 
-.PHONY: env benchmark test test-slow lint
+.PHONY: env benchmark test test-slow lint docs
 
 env:
 	@bash tools/setup_env.sh
@@ -15,10 +15,14 @@ benchmark: env
 lint: env
 	$(PY) -m ruff check mmnorm tools tests
 
-## default tests (slow ones excluded); CI runs this
-test: lint
+## documentation site (warnings are errors) -> docs/_build/html
+docs: env
+	$(PY) -m sphinx -q -W --keep-going -b html docs docs/_build/html
+
+## default tests (slow ones excluded) after lint and the docs build; CI runs this
+test: lint docs
 	$(PY) -m pytest
 
 ## the slow tests too
-test-slow: lint
+test-slow: lint docs
 	$(PY) -m pytest -m "slow or not slow"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv/ in the repository and install mmnorm's pinned stack into it:
 # torch 2.13.0 (CPU build), mmengine, mmcv with compiled ops (built from
-# source), mmdet, mmsegmentation, mmaction2, test tools, and mmnorm itself in
-# editable mode. Safe to run again: finished steps are skipped in seconds.
+# source), mmdet, mmsegmentation, mmaction2, test and docs tools, and
+# mmnorm itself in editable mode. Safe to run again: finished steps are skipped in seconds.
 #
 #   bash tools/setup_env.sh          (what `make env` runs)
 #   PYTHON=python3.11 bash tools/setup_env.sh
@@ -85,9 +85,9 @@ say "installing mmaction2 (without opencv-contrib-python: cv2 comes from opencv-
 pip_install -r "$REQ/mmaction2_deps.txt"
 pip_install --no-deps mmaction2==1.2.0
 
-STEP="install test tools"
-say "installing test tools"
-pip_install -r "$REQ/tests.txt"
+STEP="install test and docs tools"
+say "installing test and docs tools"
+pip_install -r "$REQ/tests.txt" -r "$REQ/docs.txt"
 
 STEP="install mmnorm in editable mode"
 say "installing mmnorm (editable)"

@@ -49,9 +49,10 @@ class _ZeroGradient(torch.autograd.Function):
 class SparseSwitchableNorm(SwitchableNorm):
     """Switchable Normalization with SparsestMax mixing weights.
 
-    Takes the same arguments as :class:`SwitchableNorm`.
+    Takes the same arguments as :class:`SwitchableNorm`, and has these
+    buffers besides SN's.
 
-    Buffers (besides SN's):
+    Buffers:
         radius: ``()`` SparsestMax radius, set by ``SSNRadiusHook``.
         mean_choice, var_choice: ``()`` int, index in [IN, LN, BN] of the
             frozen choice, or -1 while the weights are still learned.
