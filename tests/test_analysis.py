@@ -59,6 +59,7 @@ def test_summary_table_names_the_dominant_normalizer():
 
 @pytest.mark.parametrize('name,stage', [
     ('backbone.bn1', 'backbone.stem'),
+    ('backbone.stem.1', 'backbone.stem'),  # mmseg ResNetV1c deep stem
     ('backbone.layer2.3.bn1', 'backbone.layer2'),
     ('backbone.layer1.0.downsample.1', 'backbone.layer1'),
     ('neck.fpn_convs.0.bn', 'neck'),

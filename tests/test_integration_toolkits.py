@@ -13,6 +13,17 @@ def _sn_layers(module):
             if isinstance(m, SwitchableNorm)}
 
 
+def _plots(model, out_dir):
+    """The ratio figures and table work on every toolkit's models."""
+    from mmnorm.analysis import collect_ratios, summary_table
+    from mmnorm.analysis.plots import plot_depth, plot_stages
+    records = collect_ratios(model)
+    paths = plot_depth(records, str(out_dir / 'depth'))
+    paths += plot_stages(records, str(out_dir / 'stages'))
+    assert all(p.endswith(('.png', '.svg')) for p in paths)
+    assert summary_table(records).count('\n') == len(records) + 1
+
+
 def _check_trained(model, loss, parts):
     assert torch.isfinite(loss), loss
     layers = _sn_layers(model)
@@ -28,7 +39,7 @@ def _check_trained(model, loss, parts):
 
 
 @pytest.mark.parametrize('kind', ['faster', 'mask'])
-def test_mmdet_two_stage_detector_with_sn(kind):
+def test_mmdet_two_stage_detector_with_sn(kind, tmp_path):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from toolkit_models import detection_batch, detector_cfg, train_step
@@ -43,6 +54,7 @@ def test_mmdet_two_stage_detector_with_sn(kind):
     _check_trained(model, loss, parts)
     # the stem, every bottleneck norm and the projection shortcuts
     assert len(_sn_layers(model.backbone)) == 1 + 16 * 3 + 4
+    _plots(model, tmp_path)
 
 
 def test_mmdet_norm_eval_keeps_backbone_sn_in_eval_mode():
@@ -76,7 +88,7 @@ def test_mmdet_zero_init_residual_zeroes_last_sn_of_each_block():
         assert torch.count_nonzero(block.norm1.weight) > 0
 
 
-def test_mmseg_pspnet_with_sn_including_1x1_pooling_branch():
+def test_mmseg_pspnet_with_sn_including_1x1_pooling_branch(tmp_path):
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
     from toolkit_models import segmentation_batch, segmentor_cfg, train_step
@@ -90,9 +102,10 @@ def test_mmseg_pspnet_with_sn_including_1x1_pooling_branch():
     loss = train_step(model, segmentation_batch())
     _check_trained(model, loss, ['backbone', 'decode_head', 'auxiliary_head',
                                  'decode_head.psp_modules.0'])
+    _plots(model, tmp_path)
 
 
-def test_mmaction_i3d_with_sn():
+def test_mmaction_i3d_with_sn(tmp_path):
     from mmaction.registry import MODELS
     from mmaction.utils import register_all_modules
     from toolkit_models import recognition_batch, recognizer_cfg, train_step
@@ -105,6 +118,7 @@ def test_mmaction_i3d_with_sn():
     conv_norms = [m for m in model.backbone.modules()
                   if isinstance(m, SwitchableNorm)]
     assert len(conv_norms) == 53
+    _plots(model, tmp_path)
 
 
 def test_import_mmnorm_imports_no_toolkit():

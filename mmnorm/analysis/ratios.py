@@ -88,12 +88,13 @@ _STAGE = re.compile(r'^(layer\d+|stage\d+|res\d+)$')
 
 def stage_of(layer_name: str) -> str:
     """Group a layer name into a stage: ``backbone.layer2.3.bn1`` ->
-    ``backbone.layer2``, ``backbone.bn1`` -> ``backbone.stem``,
+    ``backbone.layer2``, ``backbone.bn1`` or ``backbone.stem.1`` ->
+    ``backbone.stem``,
     ``neck.fpn_convs.0.bn`` -> ``neck``,
     ``roi_head.bbox_head.shared_convs.0.bn`` -> ``roi_head.bbox_head``."""
     parts = layer_name.split('.')[:-1]
     for i, part in enumerate(parts):
-        if _STAGE.match(part):
+        if _STAGE.match(part) or part == 'stem':
             return '.'.join(parts[:i + 1])
     if len(parts) == 1:
         return f'{parts[0]}.stem'
