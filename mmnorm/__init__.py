@@ -16,6 +16,7 @@ from .engine import (
     sn_paramwise_cfg,
 )
 from .layers import (
+    IBN,
     SparseSwitchableNorm,
     SwitchableNorm,
     SyncSparseSwitchableNorm,
@@ -31,6 +32,7 @@ NORM_LAYERS = {
     'SSN': SparseSwitchableNorm,
     'SyncSN': SyncSwitchableNorm,
     'SyncSSN': SyncSparseSwitchableNorm,
+    'IBN': IBN,
 }
 
 for _name, _cls in NORM_LAYERS.items():
@@ -39,7 +41,7 @@ for _name, _cls in NORM_LAYERS.items():
 guards.install()
 checkpoint.install()
 
-__all__ = ['NORM_LAYERS', 'PopulationStatsHook', 'SSNRadiusHook',
+__all__ = ['IBN', 'NORM_LAYERS', 'PopulationStatsHook', 'SSNRadiusHook',
            'SparseSwitchableNorm', 'SwitchableNorm',
            'SyncSparseSwitchableNorm', 'SyncSwitchableNorm', '__version__',
            'convert_sync_sn', 'recompute_population_stats', 'revert_sync_sn',

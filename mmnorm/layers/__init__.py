@@ -1,4 +1,5 @@
 """mmnorm's normalization layers, one normalizer per module."""
+from .ibn import IBN
 from .sn import SwitchableNorm
 from .ssn import SparseSwitchableNorm
 from .sync import (
@@ -8,6 +9,6 @@ from .sync import (
     revert_sync_sn,
 )
 
-__all__ = ['SparseSwitchableNorm', 'SwitchableNorm',
+__all__ = ['IBN', 'SparseSwitchableNorm', 'SwitchableNorm',
            'SyncSparseSwitchableNorm', 'SyncSwitchableNorm',
            'convert_sync_sn', 'revert_sync_sn']
