@@ -1,10 +1,18 @@
 """mmnorm's entry point for mmdet.
 
 Put it in a config's ``custom_imports`` (``imports=['mmnorm.mmdet']``): it
-registers mmnorm's layers and imports mmdet's models. mmdet-specific parts
-(backbones, hooks) register into mmdet's own registries from here, so users
-without mmseg or mmaction2 are never affected by them.
+registers mmnorm's layers and, in mmdet's own registry, mmnorm's mmdet
+backbones (``ResNetIBN``, ``ResNeXtIBN``), so users without mmseg or
+mmaction2 are never affected by those toolkits.
 """
 import mmdet.models  # noqa: F401
+from mmdet.models.backbones import ResNet, ResNeXt
+from mmdet.registry import MODELS
 
 import mmnorm  # noqa: F401  (registers the norm layers)
+from mmnorm.models.ibn_resnet import ibn_a_variant
+
+ResNetIBN = MODELS.register_module(
+    module=ibn_a_variant(ResNet, 'ResNetIBN'))
+ResNeXtIBN = MODELS.register_module(
+    module=ibn_a_variant(ResNeXt, 'ResNeXtIBN'))

@@ -1,9 +1,17 @@
 """mmnorm's entry point for mmsegmentation.
 
 Put it in a config's ``custom_imports`` (``imports=['mmnorm.mmseg']``): it
-registers mmnorm's layers and imports mmseg's models. mmseg-specific parts
-register into mmseg's own registries from here.
+registers mmnorm's layers and, in mmseg's own registry, mmnorm's mmseg
+backbones (``ResNetIBN``, ``ResNeXtIBN``).
 """
 import mmseg.models  # noqa: F401
+from mmseg.models.backbones import ResNet, ResNeXt
+from mmseg.registry import MODELS
 
 import mmnorm  # noqa: F401  (registers the norm layers)
+from mmnorm.models.ibn_resnet import ibn_a_variant
+
+ResNetIBN = MODELS.register_module(
+    module=ibn_a_variant(ResNet, 'ResNetIBN'))
+ResNeXtIBN = MODELS.register_module(
+    module=ibn_a_variant(ResNeXt, 'ResNeXtIBN'))

@@ -107,3 +107,25 @@ def train_step(model, batch) -> torch.Tensor:
     model.zero_grad()
     loss.backward()
     return loss
+
+
+def ibn_detector_cfg() -> Config:
+    """Faster R-CNN R50-FPN with mmnorm's IBN-a ResNet-50 backbone."""
+    cfg = bundled_config('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')
+    cfg.model.backbone = dict(cfg.model.backbone, type='ResNetIBN',
+                              init_cfg=None)
+    return cfg
+
+
+def ibn_segmentor_cfg() -> Config:
+    """DeepLabV3 R50-D8 with the IBN-a ResNet-50 (7x7 stem) backbone."""
+    cfg = bundled_config(
+        'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-512x1024.py')
+    cfg.model.pretrained = None
+    cfg.model.backbone = dict(cfg.model.backbone, type='ResNetIBN')
+    bn = dict(type='BN', requires_grad=True)  # SyncBN needs a process group
+    cfg.model.backbone.norm_cfg = bn
+    cfg.model.decode_head.norm_cfg = bn
+    cfg.model.auxiliary_head.norm_cfg = bn
+    cfg.model.data_preprocessor.size = (64, 64)
+    return cfg
