@@ -2,16 +2,18 @@
 
 Put it in a config's ``custom_imports`` (``imports=['mmnorm.mmseg']``): it
 registers mmnorm's layers and, in mmseg's own registry, mmnorm's mmseg
-backbones (``ResNetIBN``, ``ResNeXtIBN``).
+backbones (``ResNetIBN``, ``ResNeXtIBN``, ``ResNetIBNb``).
 """
 import mmseg.models  # noqa: F401
 from mmseg.models.backbones import ResNet, ResNeXt
 from mmseg.registry import MODELS
 
 import mmnorm  # noqa: F401  (registers the norm layers)
-from mmnorm.models.ibn_resnet import ibn_a_variant
+from mmnorm.models.ibn_resnet import ibn_a_variant, ibn_b_variant
 
 ResNetIBN = MODELS.register_module(
     module=ibn_a_variant(ResNet, 'ResNetIBN'))
 ResNeXtIBN = MODELS.register_module(
     module=ibn_a_variant(ResNeXt, 'ResNeXtIBN'))
+ResNetIBNb = MODELS.register_module(
+    module=ibn_b_variant(ResNet, 'ResNetIBNb'))

@@ -200,7 +200,7 @@ def test_bad_num_features():
     (torch.randn(8), 'rank 2-5'),
     (torch.randn(2, 4, 3, 3), 'num_features=8'),
     (torch.randint(0, 3, (2, 8, 3, 3)), 'floating point'),
-    (torch.randn(0, 8, 3, 3), 'empty'),
+    (torch.randn(2, 8, 0, 3), 'without elements'),
 ])
 def test_bad_input_is_named(x, words):
     with pytest.raises((ValueError, TypeError), match='SwitchableNorm.*'):

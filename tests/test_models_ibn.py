@@ -91,3 +91,60 @@ def test_deeplabv3_with_ibn_backbone_trains_a_step():
     loss = train_step(model, segmentation_batch())
     assert torch.isfinite(loss)
     assert model.backbone.layer1[0].bn1.IN.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('toolkit', ['mmdet', 'mmseg'])
+@pytest.mark.parametrize('depth,last', [(18, (1, 1)), (50, (2, 3))])
+def test_ibn_b_structure_and_block_equivalence(toolkit, depth, last):
+    import importlib
+    importlib.import_module(f'mmnorm.{toolkit}')
+    registry = importlib.import_module(f'{toolkit}.registry').MODELS
+    model = registry.build(dict(type='ResNetIBNb', depth=depth))
+    model.eval()
+    keys = set(model.state_dict())
+    # the authors' keys: IN stem, IN after the last block of stages 1-2
+    assert {'bn1.weight', 'bn1.bias'} <= keys and 'bn1.running_mean' \
+        not in keys
+    assert {f'layer1.{last[0]}.IN.weight', f'layer2.{last[1]}.IN.weight'} \
+        <= keys
+    assert len(_instance_norms(model)) == 3
+    # the re-implemented block body equals the toolkit's forward
+    block = model.layer2[-1]
+    instance_norm = block.IN
+    x = torch.randn(2, block.conv1.in_channels, 8, 8)
+    del block.IN
+    plain = block(x)
+    block.IN = nn.Identity()
+    torch.testing.assert_close(block(x), plain)
+    block.IN = instance_norm
+    out = torch.relu(instance_norm(_pre_activation(block, x)))
+    torch.testing.assert_close(block(x), out)
+
+
+def _pre_activation(block, x):
+    """The block's value before its final (in-place) ReLU, captured from
+    the toolkit's own forward: independent of mmnorm's re-implementation."""
+    import copy
+    plain = copy.deepcopy(block)
+    del plain.IN
+    inputs = []
+    plain.relu.register_forward_pre_hook(
+        lambda module, args: inputs.append(args[0].clone()))
+    plain(x)
+    return inputs[-1]
+
+
+def test_faster_rcnn_with_ibn_b_backbone_trains_a_step():
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from toolkit_models import detection_batch, ibn_detector_cfg, train_step
+
+    import mmnorm.mmdet  # noqa: F401
+    register_all_modules()
+    cfg = ibn_detector_cfg()
+    cfg.model.backbone.type = 'ResNetIBNb'
+    cfg.model.backbone.frozen_stages = -1
+    model = MODELS.build(cfg.model)
+    loss = train_step(model, detection_batch(with_mask=False))
+    assert torch.isfinite(loss)
+    assert model.backbone.layer1[-1].IN.weight.grad.abs().sum() > 0

@@ -81,9 +81,12 @@ def _rebind(module_names: list[str], attr: str, new: Callable) -> None:
             setattr(mod, attr, new)
 
 
-def _sync_with_mmnorm(convert: Callable) -> Callable:
+def _sync_with_mmnorm(convert: Callable,
+                      takes_process_group: bool = False) -> Callable:
     """Wrap a BN->SyncBN converter so that mmnorm layers get their own
-    synchronized versions and every other BN goes to ``convert``."""
+    synchronized versions and every other BN goes to ``convert``.
+    ``takes_process_group``: ``convert``'s second argument is torch's
+    ``process_group``, which the mmnorm layers then use too."""
     if getattr(convert, _MARK, False):
         return convert
     from ..layers.sync import convert_sync_sn
@@ -103,7 +106,10 @@ def _sync_with_mmnorm(convert: Callable) -> Callable:
     def converted(module, *args, **kwargs):
         if not unfoldable_layers(module):
             return convert(module, *args, **kwargs)
-        return convert_others(convert_sync_sn(module), args, kwargs)
+        group = None
+        if takes_process_group:
+            group = args[0] if args else kwargs.get('process_group')
+        return convert_others(convert_sync_sn(module, group), args, kwargs)
 
     setattr(converted, _MARK, True)
     return converted
@@ -122,7 +128,7 @@ def install() -> None:
     torch_convert = torch.nn.SyncBatchNorm.convert_sync_batchnorm
     if not getattr(torch_convert, _MARK, False):
         torch.nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(
-            _sync_with_mmnorm(torch_convert))
+            _sync_with_mmnorm(torch_convert, takes_process_group=True))
 
     ecbe.turn_on_efficient_conv_bn_eval_for_single_model = _guard(
         ecbe.turn_on_efficient_conv_bn_eval_for_single_model,
@@ -138,6 +144,22 @@ def install() -> None:
     fuse = _guard(fuse_mod.fuse_conv_bn, "mmcv's fuse_conv_bn", _FUSE_ADVICE)
     _rebind(['mmcv.cnn.utils.fuse_conv_bn', 'mmcv.cnn.utils', 'mmcv.cnn'],
             'fuse_conv_bn', fuse)
+    # Code that imported fuse_conv_bn before mmnorm holds the original;
+    # it still folds through this module-level helper.
+    fold = fuse_mod._fuse_conv_bn
+    if not getattr(fold, _MARK, False):
+
+        @functools.wraps(fold)
+        def guarded_fold(conv, bn):
+            if getattr(bn, 'folds_into_conv', True) is False:
+                raise ValueError(
+                    f"mmcv's fuse_conv_bn cannot fold the mmnorm layer "
+                    f'{type(bn).__name__} into a conv (it is not BatchNorm: '
+                    f'its output depends on each sample). {_FUSE_ADVICE}')
+            return fold(conv, bn)
+
+        setattr(guarded_fold, _MARK, True)
+        fuse_mod._fuse_conv_bn = guarded_fold
 
     conv_cls = conv_module.ConvModule
     turn_on = conv_cls.turn_on_efficient_conv_bn_eval

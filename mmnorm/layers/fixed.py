@@ -88,7 +88,7 @@ class FixedSourceNorm(_BatchNorm):
                              'statistics')
         use_batch = self.training or not self.track_running_stats
         running = ((None, None) if use_batch
-                   else (self.running_mean, self.running_var))
+                   else (self.running_mean.clone(), self.running_var.clone()))
         mean_w = input.new_zeros(3, dtype=torch.float32)
         var_w = torch.zeros_like(mean_w)
         mean_w[self.mean_source] = 1.0
@@ -102,8 +102,10 @@ class FixedSourceNorm(_BatchNorm):
                 self.num_batches_tracked.add_(1)
                 factor = (1.0 / float(self.num_batches_tracked)
                           if self.momentum is None else self.momentum)
-                self.running_mean.lerp_(batch_mean, factor)
-                self.running_var.lerp_(batch_var, factor)
+                self.running_mean.lerp_(batch_mean.to(self.running_mean),
+                                        factor)
+                self.running_var.lerp_(batch_var.to(self.running_var),
+                                       factor)
         return y.view_as(input)
 
     def extra_repr(self) -> str:

@@ -97,9 +97,10 @@ class SwitchableNorm(_BatchNorm):
                 or not isinstance(num_features, int) or num_features < 1):
             raise ValueError(f'{name}: num_features must be a positive int, '
                              f'got {num_features!r}')
-        if not isinstance(eps, (int, float)) or not eps >= 0 or \
+        if not isinstance(eps, (int, float)) or not eps > 0 or \
                 not math.isfinite(eps):
-            raise ValueError(f'{name}: eps must be a finite number >= 0, '
+            raise ValueError(f'{name}: eps must be a finite number > 0 '
+                             f'(0 would divide by zero on constant input), '
                              f'got {eps!r}')
         if momentum is not None and (not isinstance(momentum, (int, float))
                                      or not 0.0 <= momentum <= 1.0):
@@ -148,9 +149,9 @@ class SwitchableNorm(_BatchNorm):
             raise ValueError(
                 f'{name}: input has {input.shape[1]} channels (dim 1) but the '
                 f'layer was built with num_features={self.num_features}')
-        if input.shape[0] == 0 or input[0, 0].numel() == 0:
-            raise ValueError(f'{name}: got an empty input of shape '
-                             f'{tuple(input.shape)}')
+        if input.shape[0] > 0 and input[0, 0].numel() == 0:
+            raise ValueError(f'{name}: got an input without elements per '
+                             f'channel, shape {tuple(input.shape)}')
         if not input.is_floating_point():
             raise TypeError(f'{name}: input must be a floating point tensor, '
                             f'got {input.dtype}')
@@ -194,8 +195,12 @@ class SwitchableNorm(_BatchNorm):
         self._last_rank = input.dim()
         mean_w, var_w = self._forward_weights(flat)
         use_batch = self._uses_batch_stats()
+        # Copies: a later training forward updates the buffers in place,
+        # which must not invalidate this forward's graph.
         running = ((None, None) if use_batch
-                   else (self.running_mean, self.running_var))
+                   else (self.running_mean.clone(), self.running_var.clone()))
+        if input.numel() == 0:
+            return self._empty_output(input, mean_w, var_w)
         mix = self._mix(flat)
         x = input.reshape(input.shape[0], input.shape[1], -1)
         y, batch_mean, batch_var = moment_norm(
@@ -204,6 +209,15 @@ class SwitchableNorm(_BatchNorm):
         if use_batch and self.training and self.track_running_stats:
             self._track(batch_mean, batch_var)
         return y.view_as(input)
+
+    def _empty_output(self, input: Tensor, *weights: Tensor) -> Tensor:
+        """An empty batch (e.g. a mask head without positives) gives an
+        empty output like BatchNorm; every parameter stays in the graph
+        with zero gradient so DDP sees none unused."""
+        used = sum(w.sum() for w in weights)
+        if self.affine:
+            used = used + self.weight.sum() + self.bias.sum()
+        return input * 0 + used * 0
 
     @torch.no_grad()
     def _track(self, batch_mean: Tensor, batch_var: Tensor) -> None:

@@ -6,8 +6,9 @@ simplex as the radius grows (see :mod:`mmnorm.ops.sparsestmax`). The radius
 lives in a buffer, set before every training iteration by
 :class:`mmnorm.engine.SSNRadiusHook` (linear from 0 to 1 by default).
 
-Once the mean (or variance) weights of a layer come out one-hot in
-training, that choice is recorded in the ``mean_choice`` (``var_choice``)
+Once the mean (or variance) weights of a layer come out one-hot in a
+training step (grad enabled, lambdas trainable; also with ``norm_eval``),
+that choice is recorded in the ``mean_choice`` (``var_choice``)
 buffer and the weights are frozen for good. Frozen weights are the one-hot
 built from the buffer, so nothing the optimizer does to the lambda (SGD
 momentum, weight decay) can move them; the lambda still takes part in the
@@ -132,7 +133,9 @@ class SparseSwitchableNorm(SwitchableNorm):
 
     def _forward_weights(self, flat: bool) -> tuple[Tensor, Tensor]:
         available = self._available(flat)
-        record = self.training
+        # A training step, also with norm_eval=True (eval mode while the
+        # lambdas still learn); not validation/test, which run without grad.
+        record = torch.is_grad_enabled() and self.mean_weight.requires_grad
         return (self._weights(self.mean_weight, self.mean_choice, available,
                               record),
                 self._weights(self.var_weight, self.var_choice, available,

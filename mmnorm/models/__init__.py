@@ -1,4 +1,12 @@
 """Backbone building blocks shared by the per-toolkit entry points."""
-from .ibn_resnet import IBN_A_STAGES, apply_ibn_a, ibn_a_variant
+from .ibn_resnet import (
+    IBN_A_STAGES,
+    IBN_B_STAGES,
+    apply_ibn_a,
+    apply_ibn_b,
+    ibn_a_variant,
+    ibn_b_variant,
+)
 
-__all__ = ['IBN_A_STAGES', 'apply_ibn_a', 'ibn_a_variant']
+__all__ = ['IBN_A_STAGES', 'IBN_B_STAGES', 'apply_ibn_a', 'apply_ibn_b',
+           'ibn_a_variant', 'ibn_b_variant']

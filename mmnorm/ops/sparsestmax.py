@@ -64,6 +64,8 @@ def sparsestmax(z: Tensor, radius: float) -> Tensor:
             offset = direction - centre
             dist = offset.norm()
         pushed = centre + offset * (r / dist)
+        # back onto the plane sum(w) = 1 against rounding drift
+        pushed = pushed + (1 - pushed.sum()) * centre
         if bool((pushed >= 0).all()):
             return pushed
         w = sparsemax(pushed)
