@@ -129,3 +129,22 @@ def bn_to_switchable(state: Mapping[str, Tensor], bn_ratio: float = 1 / 3,
             out[prefix + 'mean_choice'] = torch.tensor(-1)
             out[prefix + 'var_choice'] = torch.tensor(-1)
     return out
+
+
+def convert_official_ibn(state: Mapping[str, Tensor],
+                         keep_head: bool = False) -> dict[str, Tensor]:
+    """Convert the authors' IBN-Net ImageNet state dict (IBN-a or IBN-b)
+    for ``ResNetIBN`` / ``ResNetIBNb`` / ``ResNeXtIBN``.
+
+    Their keys already use torchvision naming with ``bn1.IN`` / ``bn1.BN``
+    (IBN-a) and ``layerX.Y.IN`` plus an InstanceNorm stem ``bn1`` (IBN-b),
+    which are the names of mmnorm's backbones; this strips the
+    ``module.`` prefix of DataParallel checkpoints and, unless
+    ``keep_head``, the ImageNet classifier ``fc.*``.
+    """
+    out = {}
+    for key, value in state.items():
+        key = key[len('module.'):] if key.startswith('module.') else key
+        if keep_head or not key.startswith('fc.'):
+            out[key] = value
+    return out

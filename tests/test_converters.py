@@ -140,3 +140,64 @@ def test_converter_tools_round_trip(tmp_path):
         str(bn_dst), '--bn-ratio', '0.8'], check=True, capture_output=True)
     _resnet('SN', depth=18).load_state_dict(
         torch.load(bn_dst, weights_only=True), strict=True)
+
+
+def _official_ibn_resnet50(kind):
+    """An IBN-Net-50 state dict written from the architecture, with the
+    authors' names (ALGORITHMS.md section 4) and torchvision layout."""
+    state = {}
+
+    def bn(prefix, c):
+        state.update({f'{prefix}.weight': torch.rand(c) + 0.5,
+                      f'{prefix}.bias': torch.randn(c),
+                      f'{prefix}.running_mean': torch.randn(c),
+                      f'{prefix}.running_var': torch.rand(c) + 0.5,
+                      f'{prefix}.num_batches_tracked': torch.tensor(7)})
+
+    def instance_norm(prefix, c):
+        state.update({f'{prefix}.weight': torch.rand(c) + 0.5,
+                      f'{prefix}.bias': torch.randn(c)})
+
+    state['conv1.weight'] = torch.randn(64, 3, 7, 7)
+    (instance_norm if kind == 'b' else bn)('bn1', 64)
+    inplanes = 64
+    for stage, (blocks, planes) in enumerate(
+            zip((3, 4, 6, 3), (64, 128, 256, 512)), start=1):
+        for i in range(blocks):
+            p = f'layer{stage}.{i}'
+            state[f'{p}.conv1.weight'] = torch.randn(planes, inplanes, 1, 1)
+            if kind == 'a' and stage <= 3:
+                instance_norm(f'{p}.bn1.IN', planes // 2)
+                bn(f'{p}.bn1.BN', planes - planes // 2)
+            else:
+                bn(f'{p}.bn1', planes)
+            state[f'{p}.conv2.weight'] = torch.randn(planes, planes, 3, 3)
+            bn(f'{p}.bn2', planes)
+            state[f'{p}.conv3.weight'] = torch.randn(planes * 4, planes, 1,
+                                                     1)
+            bn(f'{p}.bn3', planes * 4)
+            if i == 0:
+                state[f'{p}.downsample.0.weight'] = torch.randn(
+                    planes * 4, inplanes, 1, 1)
+                bn(f'{p}.downsample.1', planes * 4)
+            if kind == 'b' and stage <= 2 and i == blocks - 1:
+                instance_norm(f'{p}.IN', planes * 4)
+            inplanes = planes * 4
+    state['fc.weight'] = torch.randn(1000, 2048)
+    state['fc.bias'] = torch.randn(1000)
+    return {f'module.{k}': v for k, v in state.items()}
+
+
+@pytest.mark.parametrize('toolkit', ['mmdet', 'mmseg'])
+@pytest.mark.parametrize('kind,backbone', [('a', 'ResNetIBN'),
+                                           ('b', 'ResNetIBNb')])
+def test_official_ibn_checkpoints_load_strictly(toolkit, kind, backbone):
+    import importlib
+
+    from mmnorm.converters import convert_official_ibn
+    importlib.import_module(f'mmnorm.{toolkit}')
+    registry = importlib.import_module(f'{toolkit}.registry').MODELS
+    model = registry.build(dict(type=backbone, depth=50))
+    converted = convert_official_ibn(_official_ibn_resnet50(kind))
+    model.load_state_dict(converted, strict=True)
+    assert 'fc.weight' not in converted
