@@ -109,3 +109,40 @@ def test_registered_names():
                       SyncSwitchableNorm)
     assert isinstance(build_norm_layer(dict(type='SyncSSN'), 4)[1],
                       SyncSparseSwitchableNorm)
+
+
+def _empty_rank_worker(rank, world, port, out_dir):
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    layer = _params(SyncSwitchableNorm(4, momentum=0.5).double())
+    x_all, g_all = _data((3, 4, 3, 3))
+    # rank 1 holds no sample (e.g. no positive RoI for a mask head)
+    x = (x_all if rank == 0 else x_all[:0]).clone().requires_grad_()
+    g = g_all if rank == 0 else g_all[:0]
+    y = layer(x)
+    y.backward(g)
+    torch.save(dict(y=y.detach(), running_mean=layer.running_mean,
+                    grad=layer.mean_weight.grad.clone()),
+               os.path.join(out_dir, f'{rank}.pt'))
+    dist.destroy_process_group()
+
+
+def test_a_rank_with_an_empty_batch_does_not_hang_and_agrees(tmp_path):
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    mp.spawn(_empty_rank_worker, args=(2, port, str(tmp_path)), nprocs=2,
+             join=True)
+    x_all, g_all = _data((3, 4, 3, 3))
+    ref = _params(SwitchableNorm(4, momentum=0.5).double())
+    y_ref = ref(x_all)
+    y_ref.backward(g_all)
+    full = torch.load(tmp_path / '0.pt', weights_only=True)
+    empty = torch.load(tmp_path / '1.pt', weights_only=True)
+    torch.testing.assert_close(full['y'], y_ref.detach())
+    torch.testing.assert_close(full['grad'], ref.mean_weight.grad)
+    torch.testing.assert_close(full['running_mean'], ref.running_mean)
+    torch.testing.assert_close(empty['running_mean'], ref.running_mean)
+    assert empty['y'].shape[0] == 0
+    assert torch.count_nonzero(empty['grad']) == 0

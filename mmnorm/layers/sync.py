@@ -12,12 +12,38 @@ from __future__ import annotations
 
 from typing import Optional
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ..ops.distributed import SyncSwitchableMix, distributed_world_size
+from ..ops.moment_norm import _stat_dtype
 from ..ops.switchable import SwitchableMix
 from .sn import SwitchableNorm
 from .ssn import SparseSwitchableNorm
+
+
+class _EmptyBatchParticipation(torch.autograd.Function):
+    """Takes part in the collectives of a synchronized layer with an empty
+    local batch (e.g. a mask head without positives on this rank), so that
+    the other ranks do not wait forever: zero sums and a zero count in
+    forward, zero gradient sums in backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, mix: SyncSwitchableMix, channels: int
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        # same dtype as the statistics the other ranks reduce
+        empty = x.new_zeros((0, channels), dtype=_stat_dtype(x))
+        mean_bn, var_bn = mix.batch_stats(empty, empty)
+        ctx.mix, ctx.channels = mix, channels
+        ctx.mark_non_differentiable(mean_bn, var_bn)
+        return x.clone(), mean_bn, var_bn
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, *unused):
+        zeros = grad.new_zeros(ctx.channels, dtype=_stat_dtype(grad))
+        ctx.mix.batch_stats_backward(zeros.new_zeros((0, ctx.channels)),
+                                     zeros, zeros, zeros)
+        return grad, None, None
 
 
 class _SynchronizedBatchStats:
@@ -26,11 +52,25 @@ class _SynchronizedBatchStats:
 
     process_group = None
 
+    def _synchronized(self) -> bool:
+        return self.training and distributed_world_size(
+            self.process_group) > 1
+
     def _mix(self, flat: bool) -> SwitchableMix:
-        if self.training and distributed_world_size(
-                self.process_group) > 1:
+        if self._synchronized():
             return SyncSwitchableMix(flat, self.process_group)
         return super()._mix(flat)
+
+    def _empty_output(self, input: Tensor, *weights: Tensor) -> Tensor:
+        out = super()._empty_output(input, *weights)
+        if not self._synchronized():
+            return out
+        out, mean_bn, var_bn = _EmptyBatchParticipation.apply(
+            out, SyncSwitchableMix(input.dim() == 2, self.process_group),
+            self.num_features)
+        if self.track_running_stats:
+            self._track(mean_bn, var_bn)  # keep buffers equal on all ranks
+        return out
 
 
 class SyncSwitchableNorm(_SynchronizedBatchStats, SwitchableNorm):
