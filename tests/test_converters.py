@@ -62,12 +62,13 @@ def _official_layout(model):
     return official
 
 
-@pytest.mark.parametrize('norm', ['SN', 'SSN'])
-def test_official_checkpoint_into_mmdet_resnet(norm):
-    source = _resnet(norm)
+@pytest.mark.parametrize('norm,depth', [('SN', 50), ('SSN', 50),
+                                        ('SN', 101)])
+def test_official_checkpoint_into_mmdet_resnet(norm, depth):
+    source = _resnet(norm, depth)
     _randomize(source)
     converted = convert_official_sn(_official_layout(source))
-    target = _resnet(norm)
+    target = _resnet(norm, depth)
     target.load_state_dict(converted, strict=True)
     source.eval()
     target.eval()
@@ -192,12 +193,10 @@ def _official_ibn_resnet50(kind):
 @pytest.mark.parametrize('kind,backbone', [('a', 'ResNetIBN'),
                                            ('b', 'ResNetIBNb')])
 def test_official_ibn_checkpoints_load_strictly(toolkit, kind, backbone):
-    import importlib
+    from toolkit_models import build_in_scope
 
     from mmnorm.converters import convert_official_ibn
-    importlib.import_module(f'mmnorm.{toolkit}')
-    registry = importlib.import_module(f'{toolkit}.registry').MODELS
-    model = registry.build(dict(type=backbone, depth=50))
+    model = build_in_scope(toolkit, dict(type=backbone, depth=50))
     converted = convert_official_ibn(_official_ibn_resnet50(kind))
     model.load_state_dict(converted, strict=True)
     assert 'fc.weight' not in converted

@@ -17,10 +17,8 @@ def _instance_norms(model):
 @pytest.mark.parametrize('depth,blocks', [(18, (2, 2, 2)), (50, (3, 4, 6)),
                                           (101, (3, 4, 23))])
 def test_structure_matches_ibn_net_a(toolkit, depth, blocks):
-    import importlib
-    importlib.import_module(f'mmnorm.{toolkit}')
-    registry = importlib.import_module(f'{toolkit}.registry').MODELS
-    model = registry.build(dict(type='ResNetIBN', depth=depth))
+    from toolkit_models import build_in_scope
+    model = build_in_scope(toolkit, dict(type='ResNetIBN', depth=depth))
     norms = _instance_norms(model)
     # the first norm of every block in stages 1-3, half of its channels
     assert len(norms) == sum(blocks)
@@ -38,11 +36,10 @@ def test_structure_matches_ibn_net_a(toolkit, depth, blocks):
 
 
 def test_frozen_stages_norm_eval_and_zero_init_residual():
-    from mmdet.registry import MODELS
-
-    import mmnorm.mmdet  # noqa: F401
-    model = MODELS.build(dict(type='ResNetIBN', depth=50, frozen_stages=1,
-                              norm_eval=True, zero_init_residual=True))
+    from toolkit_models import build_in_scope
+    model = build_in_scope('mmdet', dict(
+        type='ResNetIBN', depth=50, frozen_stages=1, norm_eval=True,
+        zero_init_residual=True))
     model.init_weights()
     model.train()
     ibn = model.layer1[0].bn1
@@ -54,11 +51,9 @@ def test_frozen_stages_norm_eval_and_zero_init_residual():
 
 
 def test_resnext_ibn_a():
-    from mmdet.registry import MODELS
-
-    import mmnorm.mmdet  # noqa: F401
-    model = MODELS.build(dict(type='ResNeXtIBN', depth=50, groups=32,
-                              base_width=4))
+    from toolkit_models import build_in_scope
+    model = build_in_scope('mmdet', dict(type='ResNeXtIBN', depth=50,
+                                         groups=32, base_width=4))
     assert len(_instance_norms(model)) == 13
 
 
@@ -96,10 +91,8 @@ def test_deeplabv3_with_ibn_backbone_trains_a_step():
 @pytest.mark.parametrize('toolkit', ['mmdet', 'mmseg'])
 @pytest.mark.parametrize('depth,last', [(18, (1, 1)), (50, (2, 3))])
 def test_ibn_b_structure_and_block_equivalence(toolkit, depth, last):
-    import importlib
-    importlib.import_module(f'mmnorm.{toolkit}')
-    registry = importlib.import_module(f'{toolkit}.registry').MODELS
-    model = registry.build(dict(type='ResNetIBNb', depth=depth))
+    from toolkit_models import build_in_scope
+    model = build_in_scope(toolkit, dict(type='ResNetIBNb', depth=depth))
     model.eval()
     keys = set(model.state_dict())
     # the authors' keys: IN stem, IN after the last block of stages 1-2

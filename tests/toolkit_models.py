@@ -24,6 +24,16 @@ def _no_pretrained(cfg):
     return cfg
 
 
+def build_in_scope(toolkit: str, cfg: dict):
+    """Build ``cfg`` from ``toolkit``'s MODELS registry in its own scope
+    (an earlier test or Runner may have left another default scope)."""
+    from mmengine.registry import DefaultScope
+    importlib.import_module(f'mmnorm.{toolkit}')
+    registry = importlib.import_module(f'{toolkit}.registry').MODELS
+    with DefaultScope.overwrite_default_scope(toolkit):
+        return registry.build(cfg)
+
+
 def detector_cfg(kind: str, backbone_norm: dict = SN,
                  norm_eval: bool = False) -> Config:
     """Faster R-CNN R50-FPN or Mask R-CNN R50-FPN with SN in backbone, FPN,
