@@ -153,14 +153,3 @@ class SwitchableMix:
             grad_mean_in = grad_mean_in + g_mean_in_bn
             grad_var_in = grad_var_in + g_var_in_bn
         return grad_mean_in, grad_var_in, grad_mean_w, grad_var_w, None, None
-
-
-def switchable_stats(mean_in: Tensor, var_in: Tensor, mean_weight: Tensor,
-                     var_weight: Tensor, running_mean: Optional[Tensor] = None,
-                     running_var: Optional[Tensor] = None, *,
-                     flat_input: bool = False
-                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Functional form of :meth:`SwitchableMix.forward`."""
-    return SwitchableMix(flat_input).forward(mean_in, var_in, mean_weight,
-                                             var_weight, running_mean,
-                                             running_var)
