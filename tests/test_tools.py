@@ -193,3 +193,27 @@ def test_collapse_norms_tool_reports_each_fixed_layer(tmp_path):
     assert rows['norm2']['max_abs_diff'] < 1e-4
     assert rows['norm1']['source'] == 'SN (hardened)'
     assert '| norm2 |' in out
+
+
+def test_real_mmdet_mask_rcnn_config_trains_and_tests_on_synthetic_coco(
+        tmp_path):
+    from mmnorm.datasets import ensure_synthetic_coco
+    data = ensure_synthetic_coco(str(tmp_path / 'coco'), seed=0,
+                                 num_train=4, num_val=2)
+    config = os.path.join(FIXTURES, 'mask_rcnn_sn_synthetic.py')
+    ann = os.path.join(data, 'annotations', 'instances_val2017.json')
+    options = ['--cfg-options',
+               f'train_dataloader.dataset.data_root={data}/',
+               f'val_dataloader.dataset.data_root={data}/',
+               f'test_dataloader.dataset.data_root={data}/',
+               f'val_evaluator.ann_file={ann}',
+               f'test_evaluator.ann_file={ann}']
+    work = str(tmp_path / 'work')
+    log = _run([sys.executable, os.path.join(TOOLS, 'train.py'), config,
+                '--work-dir', work, *options])
+    assert 'coco/bbox_mAP' in log and 'coco/segm_mAP' in log
+    out = str(tmp_path / 'preds.pkl')
+    log = _run([sys.executable, os.path.join(TOOLS, 'test.py'), config,
+                os.path.join(work, 'epoch_1.pth'), '--work-dir', work,
+                '--out', out, *options])
+    assert 'coco/segm_mAP' in log and os.path.exists(out)
