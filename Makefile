@@ -1,13 +1,18 @@
-# mmnorm: everything a newcomer needs is `make benchmark` and `make test`;
+# mmnorm: everything a newcomer needs is `make demo` and `make test`;
 # both set up .venv/ first (see tools/setup_env.sh).
 PY := .venv/bin/python
 
-.PHONY: env benchmark test test-slow lint docs
+.PHONY: env demo benchmark test test-slow lint docs
 
 env:
 	@bash tools/setup_env.sh
 
-## main job: the layer benchmark (SN vs BatchNorm, GroupNorm, straightforward SN)
+## main job: Mask R-CNN with SN on synthetic COCO, 2 CPU processes,
+## COCO evaluation and the learned ratios (tools/demo.sh)
+demo: env
+	PYTHON=$(CURDIR)/$(PY) bash tools/demo.sh 2
+
+## the layer benchmark (SN vs BatchNorm, GroupNorm, straightforward SN)
 benchmark: env
 	@mkdir -p work_dirs
 	$(PY) tools/analysis_tools/benchmark_norms.py --out work_dirs/benchmark_norms.json

@@ -200,14 +200,16 @@ def test_real_mmdet_mask_rcnn_config_trains_and_tests_on_synthetic_coco(
     from mmnorm.datasets import ensure_synthetic_coco
     data = ensure_synthetic_coco(str(tmp_path / 'coco'), seed=0,
                                  num_train=4, num_val=2)
-    config = os.path.join(FIXTURES, 'mask_rcnn_sn_synthetic.py')
+    config = os.path.join(ROOT, 'configs', 'demo',
+                          'mask-rcnn_r50-sn_fpn_synthetic-coco.py')
     ann = os.path.join(data, 'annotations', 'instances_val2017.json')
     options = ['--cfg-options',
                f'train_dataloader.dataset.data_root={data}/',
                f'val_dataloader.dataset.data_root={data}/',
                f'test_dataloader.dataset.data_root={data}/',
                f'val_evaluator.ann_file={ann}',
-               f'test_evaluator.ann_file={ann}']
+               f'test_evaluator.ann_file={ann}',
+               'train_cfg.max_epochs=1', 'train_cfg.val_interval=1']
     work = str(tmp_path / 'work')
     log = _run([sys.executable, os.path.join(TOOLS, 'train.py'), config,
                 '--work-dir', work, *options])

@@ -7,6 +7,7 @@ record).
 """
 import argparse
 import os.path as osp
+import signal
 import sys
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
@@ -19,6 +20,8 @@ from mmnorm.analysis.ratios import (  # noqa: E402
 
 
 def main(argv=None):
+    # behave like other command-line tools when piped into `head`
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('source')
     parser.add_argument('--format', choices=('plain', 'markdown'),
