@@ -200,3 +200,18 @@ def test_official_ibn_checkpoints_load_strictly(toolkit, kind, backbone):
     converted = convert_official_ibn(_official_ibn_resnet50(kind))
     model.load_state_dict(converted, strict=True)
     assert 'fc.weight' not in converted
+
+
+def test_converted_checkpoint_works_as_init_cfg(tmp_path):
+    from mmdet.models.backbones import ResNet
+    source = _resnet('SN', depth=18)
+    _randomize(source)
+    official = {k: v for k, v in _official_layout(source).items()
+                if not k.startswith('module.fc.')}
+    path = tmp_path / 'sn_r18_mmnorm.pth'
+    torch.save(convert_official_sn(official), path)
+    model = ResNet(18, norm_cfg=dict(type='SN'),
+                   init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    for name, value in source.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value)
