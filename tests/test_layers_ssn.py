@@ -10,6 +10,17 @@ from mmnorm import SparseSwitchableNorm
 from mmnorm.ops.sparsestmax import sparsestmax
 
 
+def _init_group(rank, world, out_dir):
+    """gloo group rendezvousing through a file: no port to pick (picking a
+    free port and handing it over races with the OS)."""
+    import datetime
+
+    import torch.distributed as dist
+    dist.init_process_group(
+        'gloo', rank=rank, world_size=world,
+        init_method=f'file://{os.path.join(out_dir, "rendezvous")}',
+        timeout=datetime.timedelta(seconds=120))
+
 def _layer(c=5, radius=0.3):
     layer = SparseSwitchableNorm(c).double()
     with torch.no_grad():
@@ -100,10 +111,9 @@ def test_registered_as_ssn():
     assert isinstance(layer, SparseSwitchableNorm) and name == 'bn2'
 
 
-def _ddp_worker(rank, world_size, port, out_dir):
+def _ddp_worker(rank, world_size, out_dir):
     import torch.distributed as dist
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    dist.init_process_group('gloo', rank=rank, world_size=world_size)
+    _init_group(rank, world_size, out_dir)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), SparseSwitchableNorm(4))
     with torch.no_grad():
@@ -126,13 +136,8 @@ def _ddp_worker(rank, world_size, port, out_dir):
 
 
 def test_freeze_under_two_process_ddp(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2)
     results = [torch.load(tmp_path / f'rank{r}.pt', weights_only=True)
                for r in range(2)]
     for result in results:

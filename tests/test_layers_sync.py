@@ -1,6 +1,5 @@
 """SyncSN across 2 gloo processes equals SN on the concatenated batch."""
 import os
-import socket
 
 import pytest
 import torch
@@ -16,6 +15,18 @@ from mmnorm import (
 
 SPLITS = (2, 3)  # ranks hold different batch sizes
 
+
+
+def _init_group(rank, world, out_dir):
+    """gloo group rendezvousing through a file: no port to pick (picking a
+    free port and handing it over races with the OS)."""
+    import datetime
+
+    import torch.distributed as dist
+    dist.init_process_group(
+        'gloo', rank=rank, world_size=world,
+        init_method=f'file://{os.path.join(out_dir, "rendezvous")}',
+        timeout=datetime.timedelta(seconds=120))
 
 def _params(layer):
     torch.manual_seed(7)
@@ -33,10 +44,9 @@ def _data(shape):
             torch.randn(shape, dtype=torch.float64))
 
 
-def _worker(rank, world, port, out_dir, shape):
+def _worker(rank, world, out_dir, shape):
     import torch.distributed as dist
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    dist.init_process_group('gloo', rank=rank, world_size=world)
+    _init_group(rank, world, out_dir)
     x_all, g_all = _data(shape)
     start = sum(SPLITS[:rank])
     x = x_all[start:start + SPLITS[rank]].clone().requires_grad_()
@@ -56,10 +66,7 @@ def _worker(rank, world, port, out_dir, shape):
 @pytest.mark.parametrize('shape', [(5, 4, 3, 3), (5, 4)])
 def test_two_processes_equal_single_process_on_concatenated_batch(
         tmp_path, shape):
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path), shape), nprocs=2)
+    mp.spawn(_worker, args=(2, str(tmp_path), shape), nprocs=2)
 
     x_all, g_all = _data(shape)
     x_all.requires_grad_()
@@ -111,10 +118,9 @@ def test_registered_names():
                       SyncSparseSwitchableNorm)
 
 
-def _empty_rank_worker(rank, world, port, out_dir):
+def _empty_rank_worker(rank, world, out_dir):
     import torch.distributed as dist
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    dist.init_process_group('gloo', rank=rank, world_size=world)
+    _init_group(rank, world, out_dir)
     layer = _params(SyncSwitchableNorm(4, momentum=0.5).double())
     x_all, g_all = _data((3, 4, 3, 3))
     # rank 1 holds no sample (e.g. no positive RoI for a mask head)
@@ -129,10 +135,7 @@ def _empty_rank_worker(rank, world, port, out_dir):
 
 
 def test_a_rank_with_an_empty_batch_does_not_hang_and_agrees(tmp_path):
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    mp.spawn(_empty_rank_worker, args=(2, port, str(tmp_path)), nprocs=2,
+    mp.spawn(_empty_rank_worker, args=(2, str(tmp_path)), nprocs=2,
              join=True)
     x_all, g_all = _data((3, 4, 3, 3))
     ref = _params(SwitchableNorm(4, momentum=0.5).double())
