@@ -3,23 +3,13 @@ import os
 
 import pytest
 import torch
+from dist_utils import init_group
 from reference import reference_sn
 from torch import nn
 
 from mmnorm import SparseSwitchableNorm
 from mmnorm.ops.sparsestmax import sparsestmax
 
-
-def _init_group(rank, world, out_dir):
-    """gloo group rendezvousing through a file: no port to pick (picking a
-    free port and handing it over races with the OS)."""
-    import datetime
-
-    import torch.distributed as dist
-    dist.init_process_group(
-        'gloo', rank=rank, world_size=world,
-        init_method=f'file://{os.path.join(out_dir, "rendezvous")}',
-        timeout=datetime.timedelta(seconds=120))
 
 def _layer(c=5, radius=0.3):
     layer = SparseSwitchableNorm(c).double()
@@ -113,7 +103,7 @@ def test_registered_as_ssn():
 
 def _ddp_worker(rank, world_size, out_dir):
     import torch.distributed as dist
-    _init_group(rank, world_size, out_dir)
+    init_group(rank, world_size, out_dir)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), SparseSwitchableNorm(4))
     with torch.no_grad():

@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
+from dist_utils import init_group
 
 from mmnorm import (
     SwitchableNorm,
@@ -16,17 +17,6 @@ from mmnorm import (
 SPLITS = (2, 3)  # ranks hold different batch sizes
 
 
-
-def _init_group(rank, world, out_dir):
-    """gloo group rendezvousing through a file: no port to pick (picking a
-    free port and handing it over races with the OS)."""
-    import datetime
-
-    import torch.distributed as dist
-    dist.init_process_group(
-        'gloo', rank=rank, world_size=world,
-        init_method=f'file://{os.path.join(out_dir, "rendezvous")}',
-        timeout=datetime.timedelta(seconds=120))
 
 def _params(layer):
     torch.manual_seed(7)
@@ -46,7 +36,7 @@ def _data(shape):
 
 def _worker(rank, world, out_dir, shape):
     import torch.distributed as dist
-    _init_group(rank, world, out_dir)
+    init_group(rank, world, out_dir)
     x_all, g_all = _data(shape)
     start = sum(SPLITS[:rank])
     x = x_all[start:start + SPLITS[rank]].clone().requires_grad_()
@@ -120,7 +110,7 @@ def test_registered_names():
 
 def _empty_rank_worker(rank, world, out_dir):
     import torch.distributed as dist
-    _init_group(rank, world, out_dir)
+    init_group(rank, world, out_dir)
     layer = _params(SyncSwitchableNorm(4, momentum=0.5).double())
     x_all, g_all = _data((3, 4, 3, 3))
     # rank 1 holds no sample (e.g. no positive RoI for a mask head)
