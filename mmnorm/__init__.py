@@ -10,6 +10,7 @@ from mmengine.registry import MODELS
 
 from .compat import checkpoint, guards
 from .engine import (
+    KalmanChainHook,
     PopulationStatsHook,
     SSNRadiusHook,
     recompute_population_stats,
@@ -17,6 +18,7 @@ from .engine import (
 )
 from .layers import (
     IBN,
+    KalmanNorm,
     SparseSwitchableNorm,
     SwitchableNorm,
     SyncSparseSwitchableNorm,
@@ -33,6 +35,7 @@ NORM_LAYERS = {
     'SyncSN': SyncSwitchableNorm,
     'SyncSSN': SyncSparseSwitchableNorm,
     'IBN': IBN,
+    'KN': KalmanNorm,
 }
 
 for _name, _cls in NORM_LAYERS.items():
@@ -41,7 +44,8 @@ for _name, _cls in NORM_LAYERS.items():
 guards.install()
 checkpoint.install()
 
-__all__ = ['IBN', 'NORM_LAYERS', 'PopulationStatsHook', 'SSNRadiusHook',
+__all__ = ['IBN', 'KalmanNorm', 'NORM_LAYERS', 'KalmanChainHook',
+           'PopulationStatsHook', 'SSNRadiusHook',
            'SparseSwitchableNorm', 'SwitchableNorm',
            'SyncSparseSwitchableNorm', 'SyncSwitchableNorm', '__version__',
            'convert_sync_sn', 'recompute_population_stats', 'revert_sync_sn',

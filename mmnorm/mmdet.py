@@ -2,8 +2,8 @@
 
 Put it in a config's ``custom_imports`` (``imports=['mmnorm.mmdet']``): it
 registers mmnorm's layers and, in mmdet's own registry, mmnorm's mmdet
-backbones (``ResNetIBN``, ``ResNeXtIBN``, ``ResNetIBNb``), so users without
-mmseg or mmaction2 are never affected by those toolkits.
+backbones (``ResNetIBN``, ``ResNeXtIBN``, ``ResNetIBNb``, ``ResNetKN``),
+so users without mmseg or mmaction2 are never affected by those toolkits.
 """
 import mmdet.models  # noqa: F401
 from mmdet.models.backbones import ResNet, ResNeXt
@@ -11,6 +11,7 @@ from mmdet.registry import MODELS
 
 import mmnorm  # noqa: F401  (registers the norm layers)
 from mmnorm.models.ibn_resnet import ibn_a_variant, ibn_b_variant
+from mmnorm.models.kn_resnet import kn_variant
 
 ResNetIBN = MODELS.register_module(
     module=ibn_a_variant(ResNet, 'ResNetIBN'))
@@ -18,3 +19,4 @@ ResNeXtIBN = MODELS.register_module(
     module=ibn_a_variant(ResNeXt, 'ResNeXtIBN'))
 ResNetIBNb = MODELS.register_module(
     module=ibn_b_variant(ResNet, 'ResNetIBNb'))
+ResNetKN = MODELS.register_module(module=kn_variant(ResNet, 'ResNetKN'))

@@ -2,7 +2,7 @@
 
 Put it in a config's ``custom_imports`` (``imports=['mmnorm.mmseg']``): it
 registers mmnorm's layers and, in mmseg's own registry, mmnorm's mmseg
-backbones (``ResNetIBN``, ``ResNeXtIBN``, ``ResNetIBNb``).
+backbones (``ResNetIBN``, ``ResNeXtIBN``, ``ResNetIBNb``, ``ResNetKN``).
 """
 import mmseg.models  # noqa: F401
 from mmseg.models.backbones import ResNet, ResNeXt
@@ -10,6 +10,7 @@ from mmseg.registry import MODELS
 
 import mmnorm  # noqa: F401  (registers the norm layers)
 from mmnorm.models.ibn_resnet import ibn_a_variant, ibn_b_variant
+from mmnorm.models.kn_resnet import kn_variant
 
 ResNetIBN = MODELS.register_module(
     module=ibn_a_variant(ResNet, 'ResNetIBN'))
@@ -17,3 +18,4 @@ ResNeXtIBN = MODELS.register_module(
     module=ibn_a_variant(ResNeXt, 'ResNeXtIBN'))
 ResNetIBNb = MODELS.register_module(
     module=ibn_b_variant(ResNet, 'ResNetIBNb'))
+ResNetKN = MODELS.register_module(module=kn_variant(ResNet, 'ResNetKN'))

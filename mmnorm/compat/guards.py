@@ -39,6 +39,14 @@ def unfoldable_layers(module: nn.Module) -> list[str]:
             if getattr(m, 'folds_into_conv', True) is False]
 
 
+def _stays_unsynced(module: nn.Module) -> bool:
+    """mmnorm layers that SyncBN converters must not turn into SyncBN:
+    the unfoldable ones (they get their own synchronized version) and those
+    declaring ``sync_bn_convertible = False`` (KN: its own statistics)."""
+    return (getattr(module, 'folds_into_conv', True) is False
+            or getattr(module, 'sync_bn_convertible', True) is False)
+
+
 def _describe(names: list[str]) -> str:
     shown = ', '.join(repr(n) for n in names[:5])
     more = f' and {len(names) - 5} more' if len(names) > 5 else ''
@@ -92,7 +100,7 @@ def _sync_with_mmnorm(convert: Callable,
     from ..layers.sync import convert_sync_sn
 
     def convert_others(module, args, kwargs):
-        if getattr(module, 'folds_into_conv', True) is False:
+        if _stays_unsynced(module):
             return module
         if isinstance(module, _BatchNorm):
             return convert(module, *args, **kwargs)
@@ -104,7 +112,7 @@ def _sync_with_mmnorm(convert: Callable,
 
     @functools.wraps(convert)
     def converted(module, *args, **kwargs):
-        if not unfoldable_layers(module):
+        if not any(_stays_unsynced(m) for m in module.modules()):
             return convert(module, *args, **kwargs)
         group = None
         if takes_process_group:

@@ -1,5 +1,6 @@
 """mmnorm's normalization layers, one normalizer per module."""
 from .ibn import IBN
+from .kn import KalmanNorm
 from .sn import SwitchableNorm
 from .ssn import SparseSwitchableNorm
 from .sync import (
@@ -9,6 +10,6 @@ from .sync import (
     revert_sync_sn,
 )
 
-__all__ = ['IBN', 'SparseSwitchableNorm', 'SwitchableNorm',
+__all__ = ['IBN', 'KalmanNorm', 'SparseSwitchableNorm', 'SwitchableNorm',
            'SyncSparseSwitchableNorm', 'SyncSwitchableNorm',
            'convert_sync_sn', 'revert_sync_sn']

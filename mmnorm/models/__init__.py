@@ -7,6 +7,9 @@ from .ibn_resnet import (
     ibn_a_variant,
     ibn_b_variant,
 )
+from .kalman_chain import wire_kalman_chains, wire_resnet
+from .kn_resnet import kn_variant
 
 __all__ = ['IBN_A_STAGES', 'IBN_B_STAGES', 'apply_ibn_a', 'apply_ibn_b',
-           'ibn_a_variant', 'ibn_b_variant']
+           'ibn_a_variant', 'ibn_b_variant', 'kn_variant',
+           'wire_kalman_chains', 'wire_resnet']
