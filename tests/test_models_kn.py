@@ -114,6 +114,11 @@ def test_chain_holds_no_state_between_passes_and_copies():
     assert seen['layer1.1.bn1']['kind'] == 'combined'
 
 
+def test_checkpointing_is_refused_by_name():
+    with pytest.raises(ValueError, match='ResNetKN: with_cp=True'):
+        _resnet('mmdet', depth=18, with_cp=True)
+
+
 def test_frozen_stages_and_norm_eval_break_the_chain_cleanly():
     model = _resnet('mmdet', depth=18, frozen_stages=1)
     model.train()

@@ -22,6 +22,11 @@ def kn_variant(base: type, name: str) -> type:
 
     def __init__(self, *args, norm_cfg: Optional[dict] = None,
                  **kwargs) -> None:
+        if kwargs.get('with_cp'):
+            # a recomputed block would see no predecessor statistics (the
+            # chain is cleared after the forward) and normalize differently
+            raise ValueError(f'{name}: with_cp=True is not supported; the '
+                             'KN chain is not recomputed by checkpointing')
         base.__init__(self, *args, norm_cfg=dict(norm_cfg or KN_NORM_CFG),
                       **kwargs)
         wire_resnet(self)
