@@ -9,6 +9,7 @@ from mmseg.models.backbones import ResNet, ResNeXt
 from mmseg.registry import MODELS
 
 import mmnorm  # noqa: F401  (registers the norm layers)
+from mmnorm.datasets.gta5 import GTA5Dataset  # noqa: F401  (in DATASETS)
 from mmnorm.models.ibn_resnet import ibn_a_variant, ibn_b_variant
 from mmnorm.models.kn_resnet import kn_variant
 

@@ -1,0 +1,7 @@
+# The SN paper's setting (FCN-c1 R50b-D8) on Cityscapes with SyncBN (batch
+# statistics over all GPUs) in the backbone, the FCN head and the auxiliary
+# head.
+_base_ = './_base_/fcn-c1_r50b-d8_cityscapes.py'
+norm_cfg = dict(type='SyncBN', requires_grad=True)
+model = {part: dict(norm_cfg=norm_cfg)
+         for part in ('backbone', 'decode_head', 'auxiliary_head')}
