@@ -42,7 +42,7 @@ def test_config_fragment_matches_python_helper():
     path = os.path.join(os.path.dirname(__file__), '..', 'configs', '_base_',
                         'sn_paramwise.py')
     cfg = Config.fromfile(path)
-    assert cfg.optim_wrapper.paramwise_cfg.to_dict() == sn_paramwise_cfg()
+    assert cfg.sn_optim_wrapper.paramwise_cfg.to_dict() == sn_paramwise_cfg()
 
 
 def test_lambda_clipping_touches_only_the_mixing_weights():
@@ -78,9 +78,9 @@ def test_ssn_recipe_fragment():
     cfg = Config.fromfile(path)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), SwitchableNorm(4))
     wrapper = build_optim_wrapper(model, dict(
-        cfg.optim_wrapper, optimizer=dict(type='SGD', lr=0.1,
+        cfg.ssn_optim_wrapper, optimizer=dict(type='SGD', lr=0.1,
                                           weight_decay=1e-4)))
     group = {id(p): g for g in wrapper.optimizer.param_groups
              for p in g['params']}[id(model[1].mean_weight)]
     assert group['lr'] == pytest.approx(0.01) and group['weight_decay'] == 0
-    assert cfg.custom_hooks[0].type == 'SSNRadiusHook'
+    assert cfg.ssn_custom_hooks[0].type == 'SSNRadiusHook'
