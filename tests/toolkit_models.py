@@ -139,3 +139,181 @@ def ibn_segmentor_cfg() -> Config:
     cfg.model.auxiliary_head.norm_cfg = bn
     cfg.model.data_preprocessor.size = (64, 64)
     return cfg
+
+
+# ---------------------------------------------------------------------------
+# Config-driven helpers (tests/test_configs.py): take any toolkit config,
+# make it CPU- and offline-friendly through the loaded Config object, and
+# feed its model a synthetic batch shaped after the config.
+
+#: checkpoint prefixes that mmengine's CheckpointLoader fetches remotely
+REMOTE_PREFIXES = ('http://', 'https://', 'torchvision://', 'modelzoo://',
+                   'open-mmlab://', 'openmmlab://', 'mmcls://', 'pavi://',
+                   's3://')
+
+
+def is_remote(checkpoint) -> bool:
+    return isinstance(checkpoint, str) and checkpoint.startswith(
+        REMOTE_PREFIXES)
+
+
+def _is_pretrained_init(item) -> bool:
+    return isinstance(item, dict) and item.get('type') == 'Pretrained'
+
+
+def pretrained_refs(node, where: str = 'model'):
+    """Yield ``(key path, checkpoint)`` for every pretrained-weights
+    reference in a config tree: ``init_cfg`` entries of type ``Pretrained``
+    and string-valued ``pretrained=`` keys (mmseg, mmaction2)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f'{where}.{key}'
+            if key == 'pretrained' and isinstance(value, str):
+                yield here, value
+            elif key == 'init_cfg':
+                items = value if isinstance(value, (list, tuple)) else [value]
+                for item in items:
+                    if _is_pretrained_init(item):
+                        yield here, item.get('checkpoint')
+            else:
+                yield from pretrained_refs(value, here)
+    elif isinstance(node, (list, tuple)):
+        for index, item in enumerate(node):
+            yield from pretrained_refs(item, f'{where}[{index}]')
+
+
+def module_pretrained_refs(model):
+    """:func:`pretrained_refs` over the ``init_cfg`` / ``pretrained``
+    attributes that the modules of a built model kept."""
+    for name, module in model.named_modules():
+        attrs = {key: getattr(module, key, None)
+                 for key in ('init_cfg', 'pretrained')}
+        yield from pretrained_refs(attrs, name or 'model')
+
+
+def strip_pretrained(node) -> None:
+    """In place: drop every pretrained-weights reference from a config tree
+    (``Pretrained`` init entries, ``pretrained=``, mmaction2's
+    ``pretrained2d``); other initializers stay."""
+    if isinstance(node, dict):
+        for key in list(node):
+            value = node[key]
+            if key == 'pretrained' and isinstance(value, str):
+                node[key] = None
+            elif key == 'pretrained2d':
+                node[key] = False
+            elif key == 'init_cfg' and isinstance(value, (list, tuple)):
+                kept = [item for item in value
+                        if not _is_pretrained_init(item)]
+                node[key] = kept or None
+            elif key == 'init_cfg' and _is_pretrained_init(value):
+                node[key] = None
+            else:
+                strip_pretrained(value)
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            strip_pretrained(item)
+
+
+#: synthetic input sizes: detection (H, W), segmentation crop, video clip
+DET_IMAGE = (64, 96)
+SEG_CROP = (64, 64)
+VIDEO_CLIP = dict(frames=8, size=32)
+#: RoIs sampled per image in CPU tests (mmdet default: 512)
+ROI_SAMPLES = 32
+
+
+def shrink_for_cpu(cfg: Config) -> Config:
+    """Make ``cfg`` (loaded from any toolkit config) cheap and offline, in
+    place: no pretrained weights, fewer sampled RoIs, a small segmentation
+    crop. Video clips are shortened by :func:`config_batch` instead."""
+    strip_pretrained(cfg.model)
+    model = cfg.model
+    scope = cfg.get('default_scope')
+    if scope == 'mmdet':
+        stages = (model.get('train_cfg') or {}).get('rcnn')
+        for stage in stages if isinstance(stages, list) else [stages]:
+            sampler = (stage or {}).get('sampler')
+            if sampler is not None and 'num' in sampler:
+                sampler.num = min(sampler.num, ROI_SAMPLES)
+    elif scope == 'mmseg':
+        preprocessor = model.get('data_preprocessor') or {}
+        if preprocessor.get('size') is not None:
+            preprocessor.size = SEG_CROP
+    return cfg
+
+
+def _first(head):
+    return head[0] if isinstance(head, (list, tuple)) else head
+
+
+def config_num_classes(cfg: Config) -> int:
+    """Classes of the main head (box head, decode head, video head)."""
+    model = cfg.model
+    head = {'mmdet': lambda: ((model.get('roi_head') or {}).get('bbox_head')
+                              or model.get('bbox_head')),
+            'mmseg': lambda: model.get('decode_head'),
+            'mmaction': lambda: model.get('cls_head')}[cfg.default_scope]()
+    return int(_first(head)['num_classes'])
+
+
+def _has_key(node, wanted: str) -> bool:
+    if isinstance(node, dict):
+        return any((key == wanted and value is not None)
+                   or _has_key(value, wanted) for key, value in node.items())
+    if isinstance(node, (list, tuple)):
+        return any(_has_key(item, wanted) for item in node)
+    return False
+
+
+def _video_batch(cfg: Config, batch_size: int, num_classes: int):
+    from mmaction.structures import ActionDataSample
+    preprocessor = cfg.model.get('data_preprocessor') or {}
+    frames, size = VIDEO_CLIP['frames'], VIDEO_CLIP['size']
+    if preprocessor.get('format_shape', 'NCHW') == 'NCTHW':
+        shape = (1, 3, frames, size, size)  # one clip of T frames
+    else:  # 2D recognizers: segments as a batch of images
+        segments = (cfg.model.get('backbone') or {}).get('num_segments')
+        shape = (segments or frames, 3, size, size)
+    inputs, samples = [], []
+    for index in range(batch_size):
+        inputs.append(torch.randint(0, 255, shape, dtype=torch.uint8))
+        label = torch.tensor([index % num_classes])
+        samples.append(ActionDataSample().set_gt_label(label))
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def _segmentation_batch(batch_size: int, num_classes: int):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    height, width = SEG_CROP
+    inputs, samples = [], []
+    for _ in range(batch_size):
+        inputs.append(torch.randint(0, 255, (3, height, width),
+                                    dtype=torch.uint8))
+        sample = SegDataSample()
+        sample.gt_sem_seg = PixelData(
+            data=torch.randint(0, num_classes, (1, height, width)))
+        sample.set_metainfo(dict(img_shape=SEG_CROP, ori_shape=SEG_CROP,
+                                 pad_shape=SEG_CROP))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def config_batch(cfg: Config, batch_size: int = 2) -> dict:
+    """A synthetic training batch for the model of a toolkit config: the
+    config's class count, masks when the model has a mask head, frames in
+    the layout of its data preprocessor."""
+    num_classes = config_num_classes(cfg)
+    scope = cfg.default_scope
+    if scope == 'mmdet':
+        from mmdet.testing import demo_mm_inputs
+        return demo_mm_inputs(
+            batch_size=batch_size, image_shapes=(3, *DET_IMAGE),
+            num_items=[2] * batch_size, num_classes=num_classes,
+            with_mask=_has_key(cfg.model, 'mask_head'))
+    if scope == 'mmseg':
+        return _segmentation_batch(batch_size, num_classes)
+    if scope == 'mmaction':
+        return _video_batch(cfg, batch_size, num_classes)
+    raise ValueError(f'no synthetic batch for default_scope={scope!r}')

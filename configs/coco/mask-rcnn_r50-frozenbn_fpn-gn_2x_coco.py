@@ -1,0 +1,11 @@
+# Mask R-CNN R50-FPN 2x, BN-dagger / GN (backbone / head): ResNet-50 with
+# torchvision's ImageNet BN weights, BN frozen (statistics and affine: the
+# paper's BN-dagger); GN(32) in the FPN, the 4conv1fc box head and the 4-conv
+# mask head. Paper: 39.5 box AP, 34.4 mask AP.
+_base_ = './_base_/mask-rcnn_r50_fpn_2x.py'
+model = dict(
+    backbone=dict(norm_cfg=_base_.frozen_bn, norm_eval=True, frozen_stages=1),
+    neck=dict(norm_cfg=_base_.gn),
+    roi_head=dict(
+        bbox_head=dict(norm_cfg=_base_.gn, **_base_.box_head_4conv1fc),
+        mask_head=dict(norm_cfg=_base_.gn)))

@@ -1,0 +1,12 @@
+# Mask R-CNN R50-FPN 2x, GN / SN (backbone / head): ResNet-50 with GN(32), from
+# Detectron's ImageNet GN weights (caffe-style inputs); SN in the FPN, the
+# 4conv1fc box head and the 4-conv mask head. Paper: 40.4 box AP, 36.0 mask AP.
+_base_ = './_base_/mask-rcnn_r50_fpn_2x.py'
+model = dict(
+    data_preprocessor=_base_.caffe_inputs,
+    backbone=dict(norm_cfg=_base_.gn, **_base_.gn_backbone),
+    neck=dict(norm_cfg=_base_.sn),
+    roi_head=dict(
+        bbox_head=dict(norm_cfg=_base_.sn, **_base_.box_head_4conv1fc),
+        mask_head=dict(norm_cfg=_base_.sn)))
+optim_wrapper = _base_.sn_optim_wrapper
