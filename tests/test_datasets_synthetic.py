@@ -115,3 +115,22 @@ def test_mmseg_cityscapes_dataset_reads_it(tmp_path):
     seg = dataset[0]['data_samples'].gt_sem_seg.data
     assert set(seg.unique().tolist()) <= {0, 7, 11, 13}
     assert len(seg.unique()) > 1
+
+
+def test_scene_options_keep_objects_inside_and_annotated():
+    import numpy as np
+
+    from mmnorm.datasets.synthetic import render_scene
+    for seed in range(20):
+        _, objects = render_scene(seed, 96, 128, inside=True,
+                                  max_occlusion=0.4)
+        for obj in objects:
+            assert obj.mask.sum() >= 0.6 * obj.full_area
+            ys, xs = np.nonzero(obj.mask)
+            assert ys.min() > 0 and xs.min() > 0
+            assert ys.max() < 95 and xs.max() < 127
+    # the defaults are unchanged: objects may be cut by the border
+    cut = [obj for seed in range(20) for obj in render_scene(seed)[1]
+           if obj.mask[:, 0].any() or obj.mask[0].any()
+           or obj.mask[:, -1].any() or obj.mask[-1].any()]
+    assert cut

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -57,13 +58,18 @@ def _texture(rng: np.random.Generator, height: int, width: int
 
 
 def _shape_mask(rng: np.random.Generator, label: int, height: int,
-                width: int) -> np.ndarray:
-    """A rotated rectangle, ellipse or triangle of random size and aspect."""
+                width: int, inside: bool = False) -> np.ndarray:
+    """A rotated rectangle, ellipse or triangle of random size and aspect,
+    cut by the image border unless ``inside``."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     size = rng.uniform(0.12, 0.4) * min(height, width)
     aspect = rng.uniform(0.5, 2.0)
     half_w, half_h = size * np.sqrt(aspect) / 2, size / np.sqrt(aspect) / 2
-    cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+    # inside: the centre keeps the circumscribed circle in the image
+    margin = min(np.hypot(half_w, half_h), min(height, width) / 2) \
+        if inside else 0.0
+    cy = rng.uniform(margin, height - margin)
+    cx = rng.uniform(margin, width - margin)
     angle = rng.uniform(0, np.pi)
     # coordinates in the object's frame
     u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
@@ -79,18 +85,33 @@ def _shape_mask(rng: np.random.Generator, label: int, height: int,
 
 
 def render_scene(seed: int, height: int = 128, width: int = 128,
-                 max_objects: int = 6) -> tuple[np.ndarray, list]:
-    """One scene: ``(image (H, W, 3) uint8 BGR, [SceneObject, ...])``."""
+                 max_objects: int = 6, inside: bool = False,
+                 max_occlusion: Optional[float] = None
+                 ) -> tuple[np.ndarray, list]:
+    """One scene: ``(image (H, W, 3) uint8 BGR, [SceneObject, ...])``.
+
+    Args:
+        inside: objects lie entirely inside the image (default: they may be
+            cut by the border).
+        max_occlusion: when set, an object that would hide more than this
+            share of an earlier object is not drawn, so every object in the
+            image is annotated (default: objects hidden beyond
+            ``1 - MIN_VISIBLE`` stay in the image, unannotated).
+    """
     rng = np.random.default_rng(seed)
     image = _texture(rng, height, width)
     drawn: list[tuple[int, np.ndarray, int]] = []  # label, visible, area
     for _ in range(int(rng.integers(2, max_objects + 1))):
         label = int(rng.integers(len(CLASSES)))
-        mask = _shape_mask(rng, label, height, width)
+        mask = _shape_mask(rng, label, height, width, inside)
         if mask.sum() < 30:
             continue
         colour = rng.uniform(0, 255, size=3)
         shade = 1 + 0.15 * rng.normal(size=(height, width, 1))
+        if max_occlusion is not None and any(
+                (vis & ~mask).sum() < (1 - max_occlusion) * area
+                for _, vis, area in drawn):
+            continue
         image = np.where(mask[..., None], colour * shade, image)
         # the new object hides what lies under it
         drawn = [(lab, vis & ~mask, area) for lab, vis, area in drawn]
@@ -139,16 +160,21 @@ def _write_png(path: str, array: np.ndarray) -> None:
 
 def ensure_synthetic_coco(root: str, seed: int = 0, num_train: int = 8,
                           num_val: int = 4, height: int = 128,
-                          width: int = 128) -> str:
+                          width: int = 128, inside: bool = False,
+                          max_occlusion: Optional[float] = None) -> str:
     """COCO-format instance segmentation data under ``root``.
 
     Layout (mmdet's ``CocoDataset`` defaults): ``train2017/``,
     ``val2017/`` with PNG images and ``annotations/instances_{split}2017
     .json`` with boxes, uncompressed-RLE masks and the three classes.
     Generated only if ``root`` does not already hold the same dataset.
+    ``inside`` and ``max_occlusion`` are passed to :func:`render_scene`.
     """
     params = dict(kind='coco', seed=seed, num_train=num_train,
                   num_val=num_val, height=height, width=width)
+    scene = dict(inside=inside, max_occlusion=max_occlusion)
+    if inside or max_occlusion is not None:
+        params.update(scene)
     if _stamp_ok(root, params):
         return root
     categories = [dict(id=i + 1, name=name) for i, name in enumerate(CLASSES)]
@@ -156,7 +182,8 @@ def ensure_synthetic_coco(root: str, seed: int = 0, num_train: int = 8,
         images, annotations = [], []
         for index in range(count):
             image, objects = render_scene(_scene_seed(seed, split, index),
-                                          height, width)
+                                          height, width, inside=inside,
+                                          max_occlusion=max_occlusion)
             file_name = f'{index:06d}.png'
             _write_png(os.path.join(root, f'{split}2017', file_name), image)
             images.append(dict(id=index + 1, file_name=file_name,
