@@ -201,7 +201,7 @@ def test_real_mmdet_mask_rcnn_config_trains_and_tests_on_synthetic_coco(
     data = ensure_synthetic_coco(str(tmp_path / 'coco'), seed=0,
                                  num_train=4, num_val=2)
     config = os.path.join(ROOT, 'configs', 'demo',
-                          'mask-rcnn_r50-sn_fpn_synthetic-coco.py')
+                          'mask-rcnn_r18-sn_fpn-sn_synthetic-coco.py')
     ann = os.path.join(data, 'annotations', 'instances_val2017.json')
     options = ['--cfg-options',
                f'train_dataloader.dataset.data_root={data}/',
