@@ -40,8 +40,13 @@ def _record(model):
 def _resnet(toolkit, **kwargs):
     import importlib
     importlib.import_module(f'mmnorm.{toolkit}')
+    from mmengine.registry import DefaultScope
     registry = importlib.import_module(f'{toolkit}.registry').MODELS
-    model = registry.build(dict(type='ResNetKN', norm_eval=False, **kwargs))
+    # mmengine builds from the default scope's registry when one is set, so
+    # an earlier test's scope would pick the other toolkit's ResNetKN
+    with DefaultScope.overwrite_default_scope(toolkit):
+        model = registry.build(
+            dict(type='ResNetKN', norm_eval=False, **kwargs))
     model.train()  # the toolkits' ResNet.train returns None
     return model
 
