@@ -93,6 +93,14 @@ STEP="install mmnorm in editable mode"
 say "installing mmnorm (editable)"
 pip_install --no-deps --no-build-isolation -e "$ROOT"
 
+STEP="build mmnorm's CPU kernel"
+# Compiled against this torch into build/mmnorm_ops/ (git-ignored); mmnorm
+# would otherwise build it on first use. Without a compiler mmnorm runs its
+# composed PyTorch path, so a failure here is not fatal.
+say "building mmnorm's CPU kernel (mmnorm/ops/csrc, about a minute the first time)"
+"$PY" -c "from mmnorm.ops import _kernel; _kernel.load(strict=True)" >>"$LOG" 2>&1 \
+  || say "could not build mmnorm's CPU kernel (see $LOG); mmnorm uses its slower composed path"
+
 STEP="verify the stack"
 "$PY" - <<'PY'
 import torch, mmcv, mmcv.ops, mmengine, mmdet, mmseg, cv2

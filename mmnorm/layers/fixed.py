@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import BRANCHES, moment_norm
-from ..ops.switchable import SwitchableMix
+from ..ops.switchable import KERNEL_MIXES, SwitchableMix
 
 
 class FixedSourceMix(SwitchableMix):
@@ -49,6 +49,11 @@ class FixedSourceMix(SwitchableMix):
         if mean_bn is None:  # aux outputs: the BN statistics, if any
             mean_bn = var_bn = mean_in.new_zeros(mean_in.shape[1])
         return mean, var, mean_bn, var_bn
+
+
+# One-hot weights give the same statistics through the compiled mix (which
+# computes the unused branches too, at no cost worth skipping).
+KERNEL_MIXES.add(FixedSourceMix)
 
 
 class FixedSourceNorm(_BatchNorm):

@@ -6,19 +6,31 @@ slice of the input (the "IN moments"), derive every other statistic (LN, BN,
 running or synchronized BN) from those small ``(N, C)`` tensors, mix them, and
 apply one per-(sample, channel) affine map to the input.
 
-Only two steps touch the big tensor, and they use PyTorch's fused kernels:
+Only two steps per direction touch the big tensor:
 
-* forward: one pass for the moments (``native_group_norm`` with one group
-  per row), one in-place pass that turns its output into
-  ``y = x * scale + shift``;
-* backward: one reduction pass for ``sum(dy)`` and ``sum(dy * x)``
-  (``native_group_norm_backward``) and one pass that writes ``dx``
-  (``batch_norm`` in inference mode as a per-row affine map).
+* forward: one read pass for the moments, one pass that writes
+  ``y = (x - mean_in) * scale + offset`` (centred on each slice's own mean,
+  so that a large common mean cancels before rounding);
+* backward: one read pass for ``sum(dy)`` and ``sum(dy * (x - mean_in))``
+  and one pass that writes ``dx = dy * a + (x - mean_in) * b + c``.
 
-Everything between the moments and ``(scale, shift)`` lives on ``(N, C)``
-tensors, with a hand-written backward (the ``mix`` object's) so that a few
-dozen small operations, not an autograd graph, run per call. The only large
-tensor saved for backward is the input itself.
+On the CPU these run on mmnorm's compiled kernel (``mmnorm/ops/csrc``,
+built on first use by ``mmnorm.ops._kernel``): vectorized, multi-threaded
+row loops that read the input once per pass, and for the plain SN
+statistics (the mixes in ``KERNEL_MIXES``: SN, SSN, fixed-source layers)
+the whole ``(N, C)`` mixing and its backward in one call each, so a layer
+runs three operations per direction. Other mixes (e.g. SyncSN's) run
+their Python ``forward``/``backward`` between the row passes. Without the
+kernel (no compiler, another device, or ``MMNORM_NO_KERNEL=1``) the same
+passes are composed from PyTorch's own fused kernels
+(``native_group_norm`` with one group per row and its backward, and
+``batch_norm`` in inference mode as a per-row affine map), with one extra
+pass each way.
+
+Everything between the moments and the per-row coefficients lives on
+``(N, C)`` tensors, with a hand-written backward (the ``mix`` object's, or
+the kernel's) instead of an autograd graph. The only large tensor saved for
+backward is the input itself.
 
 Statistics are always computed in float32 (or float64), also under autocast;
 the output has the input's dtype.
@@ -31,6 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from . import _kernel
+from .switchable import KERNEL_MIXES
 
 # A ``mix`` turns the (N, C) IN moments into the statistics to normalize
 # with, and back-propagates through that map by hand (see SwitchableMix):
@@ -97,7 +112,14 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
         variance 0 instead of NaN.
     """
     n, c, m = x.shape
-    mean, var, _, _ = _row_moments(x.reshape(n * c, m))
+    rows = x.reshape(n * c, m).contiguous()
+    # The kernels have no autograd formula of their own.
+    differentiable = torch.is_grad_enabled() and x.requires_grad
+    ops = None if differentiable else _kernel_for(rows)
+    if ops is not None:
+        mean, var = ops.row_moments(rows)
+    else:
+        mean, var, _, _ = _row_moments(rows)
     return mean.view(n, c), var.view(n, c) * _bessel(m)
 
 
@@ -105,16 +127,69 @@ def _bessel(count: int) -> float:
     return count / (count - 1) if count > 1 else 1.0
 
 
-def _scale_shift(mean: Tensor, var: Tensor, weight: Optional[Tensor],
-                 bias: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
-    """Per-(n, c) affine map ``y = x * scale + shift`` of a normalizer."""
-    scale = (var + eps).rsqrt()
-    if weight is not None:
-        scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
-    return scale, shift
+def _kernel_for(rows: Tensor) -> Any:
+    """The compiled kernels for a CPU tensor, else ``None``. They take
+    float32 or float64 rows; other inputs are converted to their float32
+    statistics dtype first, as on the composed path."""
+    if rows.device.type != 'cpu':
+        return None
+    return _kernel.get()
+
+
+class _FusedMomentNorm(torch.autograd.Function):
+    """:class:`_MomentNorm` for the mixes in ``KERNEL_MIXES``, on the
+    compiled kernels only: three ops per direction (row moments, the mix
+    on ``(N, C)``, one row pass), which also removes the small-tensor
+    overhead of dozens of PyTorch ops per layer."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Optional[Tensor],
+                bias: Optional[Tensor], eps: float, mix: MixFn, ops: Any,
+                mean_weight: Tensor, var_weight: Tensor,
+                running_mean: Optional[Tensor],
+                running_var: Optional[Tensor]):
+        n, c, m = x.shape
+        # No autocast region needed: autocast leaves these ops alone.
+        rows = x.to(_stat_dtype(x)).reshape(n * c, m).contiguous()
+        mean_r, var_r = ops.row_moments(rows)
+        mean_in = mean_r.view(n, c)
+        var_in = var_r.view(n, c) * _bessel(m)
+        scale, offset, mean_bn, var_bn = ops.sn_mix_forward(
+            mean_in, var_in, mean_weight, var_weight, running_mean,
+            running_var, weight, bias, eps, mix.flat_input)
+        y = ops.row_affine(rows, mean_r, scale, offset).to(x.dtype)
+        ctx.save_for_backward(x, mean_in, var_in, weight, bias, mean_weight,
+                              var_weight, running_mean, running_var)
+        ctx.eps = eps
+        ctx.flat = mix.flat_input
+        ctx.ops = ops
+        ctx.mark_non_differentiable(mean_bn, var_bn)
+        return y, mean_bn, var_bn
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Tensor, *unused_aux_grads):
+        (x, mean_in, var_in, weight, bias, mean_weight, var_weight,
+         running_mean, running_var) = ctx.saved_tensors
+        ops = ctx.ops
+        n, c, m = x.shape
+        rows = x.to(_stat_dtype(x)).reshape(n * c, m).contiguous()
+        # dense rows: autograd may hand us an expanded (stride-0) gradient
+        dy_rows = grad_y.to(rows.dtype).reshape(n * c, m).contiguous()
+        mean_flat = mean_in.reshape(-1)
+        dy_sum, dy_xc = ops.row_grad_sums(dy_rows, rows, mean_flat)
+        (coef_dy, coef_x, coef_one, grad_weight, grad_bias, grad_mean_w,
+         grad_var_w) = ops.sn_mix_backward(
+            dy_sum, dy_xc, mean_in, var_in, mean_weight, var_weight,
+            running_mean, running_var, weight, bias, ctx.eps, ctx.flat, m)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ops.row_grad_input(dy_rows, rows, mean_flat, coef_dy,
+                                        coef_x, coef_one)
+            grad_x = grad_x.view(n, c, m).to(x.dtype)
+        return (grad_x, None if weight is None else grad_weight,
+                None if bias is None else grad_bias, None, None, None,
+                grad_mean_w, grad_var_w, None, None)
 
 
 class _MomentNorm(torch.autograd.Function):
@@ -126,25 +201,43 @@ class _MomentNorm(torch.autograd.Function):
         n, c, m = x.shape
         with torch.autocast(x.device.type, enabled=False):
             rows = x.to(_stat_dtype(x)).reshape(n * c, m).contiguous()
-            mean_r, var_r, rstd_r, standardized = _row_moments(rows)
+            ops = _kernel_for(rows)
+            if ops is not None:
+                mean_r, var_r = ops.row_moments(rows)
+                rstd_r = None
+            else:
+                mean_r, var_r, rstd_r, standardized = _row_moments(rows)
             mean_in = mean_r.view(n, c)
             var_in = var_r.view(n, c) * _bessel(m)
             mean, var, *aux = mix.forward(mean_in, var_in, *params)
-            scale, shift = _scale_shift(mean, var, weight, bias, eps)
-            # y = x * scale + shift = standardized * scale / rstd
-            #     + (shift + mean * scale), written in place. y stays the
-            # (1, N*C, M) base tensor: a view made here would forbid
-            # in-place ops (e.g. ReLU(inplace=True)) on the output.
-            scale = scale.expand(n, c).reshape(-1, 1)
-            shift = shift.expand(n, c).reshape(-1, 1)
-            y = standardized.mul_(scale / rstd_r.unsqueeze(1))
-            y = y.add_(shift + mean_r.unsqueeze(1) * scale).to(x.dtype)
+            scale = (var + eps).rsqrt()
+            if weight is not None:
+                scale = scale * weight
+            # y = (x - mean) * scale + bias
+            #   = (x - mean_in) * scale + offset: centred on the row's own
+            # mean, so a large common mean cancels before rounding.
+            offset = (mean_in - mean) * scale
+            if bias is not None:
+                offset = offset + bias
+            scale = scale.expand(n, c).reshape(-1).to(rows.dtype)
+            offset = offset.reshape(-1).to(rows.dtype)
+            if ops is not None:
+                y = ops.row_affine(rows, mean_r, scale, offset)
+            else:
+                # standardized = (x - mean_in) * rstd_r, rewritten in place.
+                # y stays the (1, N*C, M) base tensor: a view made here
+                # would forbid in-place ops (e.g. ReLU(inplace=True)) on
+                # the output.
+                y = standardized.mul_((scale / rstd_r).unsqueeze(1))
+                y = y.add_(offset.unsqueeze(1))
+            y = y.to(x.dtype)
         aux = [a.detach() for a in aux]
         ctx.save_for_backward(x, mean_in, var_in, rstd_r, mean.detach(),
                               var.detach(), weight, bias, *aux, *params)
         ctx.num_aux = len(aux)
         ctx.eps = eps
         ctx.mix = mix
+        ctx.kernel = ops
         ctx.mark_non_differentiable(*aux)
         return (y, *aux)
 
@@ -154,27 +247,37 @@ class _MomentNorm(torch.autograd.Function):
         (x, mean_in, var_in, rstd_r, mean, var, weight, bias,
          *rest) = ctx.saved_tensors
         aux, params = rest[:ctx.num_aux], rest[ctx.num_aux:]
+        ops = ctx.kernel
         n, c, m = x.shape
         with torch.autocast(x.device.type, enabled=False):
             rows = x.to(_stat_dtype(x)).reshape(n * c, m).contiguous()
             # The fused kernels need dense rows; autograd may hand us an
             # expanded (stride-0) gradient, e.g. from y.sum().
             dy_rows = grad_y.to(rows.dtype).reshape(n * c, m).contiguous()
-            # One fused pass for sum(dy * x_hat) and sum(dy) per row.
-            _, dy_xhat, dy_sum = torch.ops.aten.native_group_norm_backward(
-                dy_rows.unsqueeze(0), rows.unsqueeze(0), mean_in.view(1, -1),
-                rstd_r.view(1, -1), rows.new_ones(n * c), 1, n * c, m, n * c,
-                [False, True, True])
+            mean_flat = mean_in.reshape(-1)
+            if ops is not None:
+                # One pass for sum(dy) and sum(dy * (x - mean_in)) per row.
+                dy_sum, dy_xc = ops.row_grad_sums(dy_rows, rows, mean_flat)
+            else:
+                # One fused pass for sum(dy * x_hat) and sum(dy) per row.
+                _, dy_xhat, dy_sum = \
+                    torch.ops.aten.native_group_norm_backward(
+                        dy_rows.unsqueeze(0), rows.unsqueeze(0),
+                        mean_in.view(1, -1), rstd_r.view(1, -1),
+                        rows.new_ones(n * c), 1, n * c, m, n * c,
+                        [False, True, True])
+                dy_xc = dy_xhat / rstd_r
             grad_shift = dy_sum.view(n, c)
-            # sum(dy * x) = sum(dy * x_hat) / rstd + mean_in * sum(dy)
-            grad_scale = (dy_xhat / rstd_r).view(n, c) + mean_in * grad_shift
 
             # y = x * scale + shift, scale = weight * rstd,
-            # shift = bias - mean * scale, rstd = (var + eps)^-1/2
+            # shift = bias - mean * scale, rstd = (var + eps)^-1/2;
+            # sum(dy * (x - mean)) = sum(dy * (x - mean_in))
+            #                        + (mean_in - mean) * sum(dy)
             rstd = (var + ctx.eps).rsqrt()
             scale = rstd if weight is None else rstd * weight
             grad_mean = -scale * grad_shift
-            grad_scale_total = grad_scale - mean * grad_shift
+            grad_scale_total = (dy_xc.view(n, c)
+                                + (mean_in - mean) * grad_shift)
             grad_weight = grad_bias = None
             if weight is not None:
                 grad_weight = (grad_scale_total * rstd).sum(0)
@@ -192,13 +295,19 @@ class _MomentNorm(torch.autograd.Function):
             grad_x = None
             if ctx.needs_input_grad[0]:
                 # d var_in / dx = 2 (x - mean_in) / (M - 1) (0 if M == 1);
-                # d mean_in / dx = 1 / M.
-                k1 = grad_var_in * (2.0 / max(m - 1, 1))
-                k0 = grad_mean_in / m - k1 * mean_in
-                # dx = dy * scale + k0 + x * k1
-                grad_x = _row_affine(dy_rows, scale.expand(n, c).reshape(-1),
-                                     k0.reshape(-1))
-                grad_x.addcmul_(rows, k1.reshape(-1, 1))
+                # d mean_in / dx = 1 / M, so
+                # dx = dy * scale + (x - mean_in) * k1 + k0.
+                k1 = (grad_var_in * (2.0 / max(m - 1, 1))).reshape(-1)
+                k0 = (grad_mean_in / m).reshape(-1)
+                scale = scale.expand(n, c).reshape(-1)
+                if ops is not None:
+                    grad_x = ops.row_grad_input(
+                        dy_rows, rows, mean_flat, scale.to(rows.dtype),
+                        k1.to(rows.dtype), k0.to(rows.dtype))
+                else:
+                    grad_x = _row_affine(dy_rows, scale,
+                                         k0 - k1 * mean_flat)
+                    grad_x.addcmul_(rows, k1.unsqueeze(1))
                 grad_x = grad_x.view(n, c, m).to(x.dtype)
         return (grad_x, grad_weight, grad_bias, None, None, *grad_params)
 
@@ -219,5 +328,10 @@ def moment_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     Returns:
         ``(y, *aux)`` with ``y`` of shape ``(N, C, M)`` and dtype of ``x``.
     """
-    y, *aux = _MomentNorm.apply(x, weight, bias, eps, mix, *params)
+    ops = _kernel_for(x) if type(mix) in KERNEL_MIXES else None
+    if ops is not None and len(params) == 4:
+        y, *aux = _FusedMomentNorm.apply(x, weight, bias, eps, mix, ops,
+                                         *params)
+    else:
+        y, *aux = _MomentNorm.apply(x, weight, bias, eps, mix, *params)
     return (y.view(x.shape), *aux)

@@ -153,3 +153,10 @@ class SwitchableMix:
             grad_mean_in = grad_mean_in + g_mean_in_bn
             grad_var_in = grad_var_in + g_var_in_bn
         return grad_mean_in, grad_var_in, grad_mean_w, grad_var_w, None, None
+
+
+#: Mix classes whose statistics the compiled kernel computes by itself
+#: (``sn_mix_forward`` / ``sn_mix_backward`` in ``mmnorm/ops/csrc``): exact
+#: classes, as a subclass may change the statistics (SyncSN's shares the BN
+#: branch across processes). Other mixes run their own Python methods.
+KERNEL_MIXES: set = {SwitchableMix}
