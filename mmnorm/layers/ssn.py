@@ -32,19 +32,18 @@ from .sn import SwitchableNorm
 _NOT_FIXED = -1
 
 
-class _ZeroGradient(torch.autograd.Function):
-    """Returns a zero scalar whose gradient to the input is exactly zero
-    (also when the incoming gradient is inf), keeping a frozen lambda in the
-    graph so that DDP counts it as used."""
+class _FrozenWeights(torch.autograd.Function):
+    """Returns a copy of the frozen ``(3,)`` one-hot whose gradient to the
+    lambdas is exactly zero (also when the incoming gradient is inf),
+    keeping a frozen lambda in the graph so that DDP counts it as used."""
 
     @staticmethod
-    def forward(ctx, t: Tensor) -> Tensor:
-        ctx.input_shape = t.shape
-        return t.new_zeros(())
+    def forward(ctx, logits: Tensor, one_hot: Tensor) -> Tensor:
+        return one_hot.clone()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return grad.new_zeros(ctx.input_shape)
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad.new_zeros(grad.shape), None
 
 
 class SparseSwitchableNorm(SwitchableNorm):
@@ -73,6 +72,7 @@ class SparseSwitchableNorm(SwitchableNorm):
         self.register_buffer('var_choice',
                              torch.full((), _NOT_FIXED, dtype=torch.long))
         self._fixed_mixes: dict = {}
+        self._one_hots: dict = {}
 
     @property
     def mean_fixed(self) -> bool:
@@ -97,16 +97,29 @@ class SparseSwitchableNorm(SwitchableNorm):
                  record: bool) -> Tensor:
         """(3,) weights from lambdas; with ``record``, a one-hot result
         becomes the frozen choice."""
-        if int(choice) != _NOT_FIXED:
-            one_hot = torch.zeros_like(logits)
-            one_hot[int(choice)] = 1.0
-            return one_hot + _ZeroGradient.apply(logits)
+        chosen = int(choice)
+        if chosen != _NOT_FIXED:
+            one_hot = self._one_hot(chosen, logits)
+            if torch.is_grad_enabled() and logits.requires_grad:
+                return _FrozenWeights.apply(logits, one_hot)
+            return one_hot.clone()  # the cache must not be handed out
         index = torch.nonzero(available).flatten()
         sub = sparsestmax(logits[index], float(self.radius))
         weights = torch.zeros_like(logits).index_put((index,), sub)
         if record and int((sub > 0).sum()) == 1:
             choice.fill_(int(index[int(sub.argmax())]))
         return weights
+
+    def _one_hot(self, choice: int, like: Tensor) -> Tensor:
+        """The (3,) one-hot of ``choice``, cached: a fixed layer's forward
+        costs one small op for its weights."""
+        key = (choice, like.dtype, like.device)
+        one_hot = self._one_hots.get(key)
+        if one_hot is None:
+            one_hot = torch.zeros(3, dtype=like.dtype, device=like.device)
+            one_hot[choice] = 1.0
+            self._one_hots[key] = one_hot
+        return one_hot
 
     def _mix(self, flat: bool) -> SwitchableMix:
         """A fully fixed layer computes only the statistics it uses."""
