@@ -14,9 +14,17 @@ normalize), i.e. what a user gets from the original research code.
 
 Protocol: fp32, ``--threads`` threads (default 2), warm-up runs, then
 ``--repeats`` interleaved rounds (each round times every implementation
-once, in turn) and the median per implementation.
+once, in turn) and the median per implementation (``--statistic min``:
+the fastest run, a steadier estimate on a machine shared with other
+work).
 
-    python tools/analysis_tools/benchmark_norms.py [--check] [--out FILE]
+mmnorm layers run on its compiled CPU kernel (``mmnorm/ops/csrc``) when it
+is available; ``--composed`` also times them on the composed PyTorch path
+(the kernel switched off around their forward), in the same rounds, for
+before/after ratios.
+
+    python tools/analysis_tools/benchmark_norms.py [--check] [--composed]
+        [--out FILE]
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ import torch
 from torch import nn
 
 from mmnorm import SparseSwitchableNorm, SwitchableNorm
+from mmnorm.ops import _kernel
 
 SHAPES = [(8, 64, 56, 56), (2, 256, 100, 152), (16, 512, 14, 14)]
 TARGETS = dict(sn_vs_gn=1.5, naive_vs_sn=3.0, saved_vs_input=1.2,
@@ -70,6 +79,22 @@ class StraightforwardSN(nn.Module):
         return out.view(n, c, h, w) * self.weight + self.bias
 
 
+class ComposedPath(nn.Module):
+    """Runs an mmnorm layer with the compiled kernel switched off: the
+    composed PyTorch path (the backward follows the forward's choice)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        enabled, _kernel.ENABLED = _kernel.ENABLED, False
+        try:
+            return self.layer(x)
+        finally:
+            _kernel.ENABLED = enabled
+
+
 def fixed_ssn(channels: int, source: int) -> SparseSwitchableNorm:
     layer = SparseSwitchableNorm(channels)
     layer.mean_choice.fill_(source)
@@ -107,13 +132,19 @@ def _timer(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def bench_shape(shape: tuple[int, ...], repeats: int, warmup: int) -> dict:
+def bench_shape(shape: tuple[int, ...], repeats: int, warmup: int,
+                composed: bool = False, statistic: str = 'median') -> dict:
     torch.manual_seed(0)
     x = torch.randn(shape, requires_grad=True)
     grad = torch.randn(shape)
     mods = implementations(shape[1])
+    if composed:
+        mods['SN (composed path)'] = ComposedPath(SwitchableNorm(shape[1]))
     for name, (source, native) in FIXED.items():
         mods[f'SSN fixed {name}'] = fixed_ssn(shape[1], source)
+        if composed:
+            mods[f'SSN fixed {name} (composed path)'] = ComposedPath(
+                fixed_ssn(shape[1], source))
         mods[f'native {name}'] = native(shape[1])
 
     def forward(m):
@@ -136,10 +167,11 @@ def bench_shape(shape: tuple[int, ...], repeats: int, warmup: int) -> dict:
             fwd[name].append(_timer(forward(m)))
             fwdbwd[name].append(_timer(forward_backward(m)))
     input_bytes = x.numel() * x.element_size()
+    pick = min if statistic == 'min' else statistics.median
     rows = {}
     for name, m in mods.items():
-        rows[name] = dict(forward_ms=1e3 * statistics.median(fwd[name]),
-                          fwd_bwd_ms=1e3 * statistics.median(fwdbwd[name]),
+        rows[name] = dict(forward_ms=1e3 * pick(fwd[name]),
+                          fwd_bwd_ms=1e3 * pick(fwdbwd[name]),
                           saved_vs_input=saved_bytes(m, x) / input_bytes)
     sn = rows['SN (mmnorm)']
     ratios = dict(
@@ -152,6 +184,15 @@ def bench_shape(shape: tuple[int, ...], repeats: int, warmup: int) -> dict:
         ratios[f'fixed_{name}_vs_native'] = (
             rows[f'SSN fixed {name}']['fwd_bwd_ms']
             / rows[f'native {name}']['fwd_bwd_ms'])
+    if composed:
+        # informational: the composed path against the same baselines
+        ratios['composed_sn_vs_gn'] = (
+            rows['SN (composed path)']['fwd_bwd_ms']
+            / rows['GroupNorm(32)']['fwd_bwd_ms'])
+        for name in FIXED:
+            ratios[f'composed_fixed_{name}_vs_native'] = (
+                rows[f'SSN fixed {name} (composed path)']['fwd_bwd_ms']
+                / rows[f'native {name}']['fwd_bwd_ms'])
     return dict(shape=list(shape), rows=rows, ratios=ratios)
 
 
@@ -189,6 +230,12 @@ def report(result: dict) -> str:
         key = f'fixed_{name}_vs_native'
         lines.append(f'fixed SSN ({name}, {name}) / native {name} fwd+bwd: '
                      f'{r[key]:.2f} (target <= 1.25, {mark[ok[key]]})')
+    if 'composed_sn_vs_gn' in r:
+        fixed = ', '.join(f"{name} {r[f'composed_fixed_{name}_vs_native']:.2f}"
+                          for name in FIXED)
+        lines.append(f"composed path (kernel off): SN / GroupNorm "
+                     f"{r['composed_sn_vs_gn']:.2f}; fixed SSN / native "
+                     f"{fixed}")
     return '\n'.join(lines)
 
 
@@ -202,18 +249,27 @@ def main(argv=None) -> int:
     parser.add_argument('--out', help='also write the results as JSON')
     parser.add_argument('--check', action='store_true',
                         help='exit 1 if a target is missed')
+    parser.add_argument('--statistic', choices=('median', 'min'),
+                        default='median',
+                        help='per-implementation time over the rounds')
+    parser.add_argument('--composed', action='store_true',
+                        help='also time mmnorm layers on the composed '
+                        'PyTorch path (compiled kernel off)')
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error('--repeats must be >= 1')
     torch.set_num_threads(args.threads)
     shapes = ([tuple(int(v) for v in s.split('x')) for s in args.shapes]
               if args.shapes else SHAPES)
+    kernel = 'on' if _kernel.get() is not None else 'UNAVAILABLE'
     print(f'# Normalization benchmark: torch {torch.__version__}, '
-          f'{args.threads} threads, fp32, median of {args.repeats} '
-          f'interleaved runs after {args.warmup} warm-up runs')
+          f'{args.threads} threads, fp32, {args.statistic} of '
+          f'{args.repeats} interleaved runs after {args.warmup} warm-up '
+          f'runs; mmnorm kernel {kernel}')
     results = []
     for shape in shapes:
-        result = bench_shape(shape, args.repeats, args.warmup)
+        result = bench_shape(shape, args.repeats, args.warmup, args.composed,
+                             args.statistic)
         results.append(result)
         print(report(result), flush=True)
     all_ok = all(all(meets_targets(r['ratios']).values()) for r in results)
@@ -221,7 +277,9 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(torch=torch.__version__, threads=args.threads,
-                           repeats=args.repeats, results=results), f,
+                           repeats=args.repeats, statistic=args.statistic,
+                           kernel=kernel,
+                           results=results), f,
                       indent=2)
     return 0 if all_ok or not args.check else 1
 
