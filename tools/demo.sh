@@ -20,17 +20,19 @@ fail() {  # show the end of a failed step's log and stop
 }
 
 progress() {  # one short line per logged training interval, with the ETA
-  awk '/Epoch\(train\)/ {
-         match($0, /\[ *[0-9]+\]\[ *[0-9]+\/[0-9]+\]/); where = substr($0, RSTART, RLENGTH)
-         match($0, /eta: [0-9:]+/); eta = substr($0, RSTART, RLENGTH)
-         match($0, / loss: [0-9.]+/); loss = substr($0, RSTART + 1, RLENGTH - 1)
-         printf "[demo]   epoch %s  %s  %s\n", where, loss, eta; fflush() }'
+  local line pattern='Epoch\(train\) *(\[ *[0-9]+\]\[ *[0-9]+/[0-9]+\]).*eta: ([0-9:]+).* loss: ([0-9.]+)'
+  while IFS= read -r line; do
+    if [[ $line =~ $pattern ]]; then
+      printf '[demo]   epoch %s  loss %s  eta %s\n' "${BASH_REMATCH[1]}" \
+        "${BASH_REMATCH[3]}" "${BASH_REMATCH[2]}"
+    fi
+  done
 }
 
 say "1/4 synthetic COCO data in $DATA (seeded; generated once)"
-$PYTHON -c "from mmnorm.datasets import ensure_synthetic_coco as e; e('$DATA', seed=0, num_train=400, num_val=50, inside=True, max_occlusion=0.5)"
+$PYTHON -c "from mmnorm.datasets import ensure_synthetic_coco as e; e('$DATA', seed=0, num_train=2000, num_val=50, inside=True, max_occlusion=0.5)"
 
-say "2/4 training $CONFIG with $NPROC CPU processes (about 12 minutes on 2 cores)"
+say "2/4 training $CONFIG with $NPROC CPU processes (about 14 minutes on 2 cores)"
 rm -rf "$WORK" && mkdir -p "$WORK"
 # torch.distributed.run gives every process one thread (OMP_NUM_THREADS=1)
 if ! PYTHON=$PYTHON PORT=${PORT:-29533} tools/dist_train.sh "$CONFIG" "$NPROC" \
