@@ -302,6 +302,62 @@ def test_gradcheck_through_the_kernel():
     assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *params))
 
 
+@needs_kernel
+def test_double_backward_is_refused_with_a_clear_error():
+    layer = SwitchableNorm(3)
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x).square().sum(), x,
+                                  create_graph=False)
+    assert torch.isfinite(grad).all()
+    with pytest.raises(RuntimeError, match='double backward.*MMNORM_NO_KERN'):
+        torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+
+
+@needs_kernel
+@pytest.mark.parametrize('available', [(True, True, True),
+                                       (False, True, True),
+                                       (True, True, False),
+                                       (False, True, False)])
+def test_mixing_weights_op_is_the_masked_softmax(available):
+    mask = torch.tensor(available)
+    mean_logits = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    var_logits = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    mean_w, var_w = KERNEL.mixing_weights(mean_logits, var_logits, mask,
+                                          -1, -1)
+    # independent: exp / sum over the available entries only
+    for logits, w in ((mean_logits, mean_w), (var_logits, var_w)):
+        e = logits.detach().exp() * mask
+        torch.testing.assert_close(w, e / e.sum(), rtol=1e-14, atol=0)
+    assert torch.autograd.gradcheck(
+        lambda m, v: KERNEL.mixing_weights(m, v, mask, -1, -1),
+        (mean_logits, var_logits))
+    # float32 lambdas give float32 weights equal to PyTorch's softmax
+    w32, _ = KERNEL.mixing_weights(mean_logits.float(), var_logits.float(),
+                                   mask, -1, -1)
+    assert w32.dtype == torch.float32
+    torch.testing.assert_close(
+        w32, mean_logits.float().masked_fill(~mask, float('-inf')).softmax(0))
+
+
+@needs_kernel
+def test_mixing_weights_op_freezes_a_choice_with_zero_gradient():
+    mask = torch.tensor([True, True, True])
+    mean_logits = torch.randn(3, requires_grad=True)
+    var_logits = torch.randn(3, requires_grad=True)
+    mean_w, var_w = KERNEL.mixing_weights(mean_logits, var_logits, mask, 1,
+                                          -1)
+    assert mean_w.tolist() == [0.0, 1.0, 0.0]
+    # an inf gradient (an overflowing step) still gives exactly 0
+    (mean_w * torch.tensor([float('inf'), 1.0, -2.0])).sum().backward(
+        retain_graph=True)
+    assert mean_logits.grad.tolist() == [0.0, 0.0, 0.0]
+    assert not var_logits.grad.any()  # var_w was not used
+    with pytest.raises(RuntimeError, match='choice must be < 3'):
+        KERNEL.mixing_weights(mean_logits, var_logits, mask, 3, -1)
+    with pytest.raises(RuntimeError, match='no branch is available'):
+        KERNEL.mixing_weights(mean_logits, var_logits, ~mask, -1, -1)
+
+
 # --------------------------------------------------------------------------
 # fixed-source layers (frozen SSN) on the kernel
 
@@ -342,8 +398,11 @@ def test_fixed_ssn_kernel_matches_composed(source):
     composed = _run(copy.deepcopy(layer), x, grad_out, kernel=False)
     for a, b in zip(kernel[:2], composed[:2]):
         _close(a, b, 1e-10)
-    for a, b in zip(kernel[3], composed[3]):
+    for a, b in zip(kernel[2] + kernel[3], composed[2] + composed[3]):
         _close(a, b, 1e-10)
+    # the frozen lambdas are in the graph (DDP) with exactly zero gradient
+    for grad in kernel[2][:2]:
+        assert grad is not None and not grad.any()
 
 
 # --------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import BRANCHES, SwitchableMix, masked_softmax, moment_norm
+from ..ops.moment_norm import kernel_for
 
 _SUPPORTED_RANKS = (2, 3, 4, 5)
 
@@ -149,7 +150,7 @@ class SwitchableNorm(_BatchNorm):
             raise ValueError(
                 f'{name}: input has {input.shape[1]} channels (dim 1) but the '
                 f'layer was built with num_features={self.num_features}')
-        if input.shape[0] > 0 and input[0, 0].numel() == 0:
+        if input.shape[0] > 0 and 0 in input.shape[2:]:
             raise ValueError(f'{name}: got an input without elements per '
                              f'channel, shape {tuple(input.shape)}')
         if not input.is_floating_point():
@@ -166,6 +167,10 @@ class SwitchableNorm(_BatchNorm):
             flat: weights for ``(N, C)`` input (no IN branch).
         """
         available = self._available(flat)
+        ops = kernel_for(self.mean_weight)
+        if ops is not None:  # both softmaxes and their backward in one op
+            return ops.mixing_weights(self.mean_weight, self.var_weight,
+                                      available, -1, -1)
         return (masked_softmax(self.mean_weight, available),
                 masked_softmax(self.var_weight, available))
 
@@ -191,8 +196,10 @@ class SwitchableNorm(_BatchNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        flat = input.dim() == 2
-        self._last_rank = input.dim()
+        rank = input.dim()
+        flat = rank == 2
+        if rank != self._last_rank:
+            self._last_rank = rank
         mean_w, var_w = self._forward_weights(flat)
         use_batch = self._uses_batch_stats()
         # Copies: a later training forward updates the buffers in place,

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..ops.moment_norm import kernel_for
 from ..ops.sparsestmax import sparsestmax
 from ..ops.switchable import SwitchableMix
 from .fixed import FixedSourceMix
@@ -74,6 +75,9 @@ class SparseSwitchableNorm(SwitchableNorm):
         self._fixed_mixes: dict = {}
         self._one_hots: dict = {}
 
+    def _read_choices(self) -> tuple[int, int]:
+        return int(self.mean_choice), int(self.var_choice)
+
     @property
     def mean_fixed(self) -> bool:
         return int(self.mean_choice) != _NOT_FIXED
@@ -123,17 +127,18 @@ class SparseSwitchableNorm(SwitchableNorm):
 
     def _mix(self, flat: bool) -> SwitchableMix:
         """A fully fixed layer computes only the statistics it uses."""
-        if not self.fixed:
+        choices = self._read_choices()
+        if _NOT_FIXED in choices:
             return super()._mix(flat)
-        key = (int(self.mean_choice), int(self.var_choice), flat)
+        key = (*choices, flat)
         if key not in self._fixed_mixes:
             self._fixed_mixes[key] = FixedSourceMix(*key)
         return self._fixed_mixes[key]
 
     def _track(self, batch_mean: Tensor, batch_var: Tensor) -> None:
         # A fixed layer that uses no BN statistics no longer computes them.
-        if self.fixed and 2 not in (int(self.mean_choice),
-                                    int(self.var_choice)):
+        choices = self._read_choices()
+        if _NOT_FIXED not in choices and 2 not in choices:
             return
         super()._track(batch_mean, batch_var)
 
@@ -145,6 +150,12 @@ class SparseSwitchableNorm(SwitchableNorm):
                               False))
 
     def _forward_weights(self, flat: bool) -> tuple[Tensor, Tensor]:
+        choices = self._read_choices()
+        if _NOT_FIXED not in choices:
+            ops = kernel_for(self.mean_weight)
+            if ops is not None:  # both one-hots, zero gradient, in one op
+                return ops.mixing_weights(self.mean_weight, self.var_weight,
+                                          self._available(flat), *choices)
         available = self._available(flat)
         # A training step, also with norm_eval=True (eval mode while the
         # lambdas still learn); not validation/test, which run without grad.

@@ -16,11 +16,12 @@ Only two steps per direction touch the big tensor:
 
 On the CPU these run on mmnorm's compiled kernel (``mmnorm/ops/csrc``,
 built on first use by ``mmnorm.ops._kernel``): vectorized, multi-threaded
-row loops that read the input once per pass, and for the plain SN
-statistics (the mixes in ``KERNEL_MIXES``: SN, SSN, fixed-source layers)
-the whole ``(N, C)`` mixing and its backward in one call each, so a layer
-runs three operations per direction. Other mixes (e.g. SyncSN's) run
-their Python ``forward``/``backward`` between the row passes. Without the
+row loops that read the input once per pass. For the plain SN statistics
+(the mixes in ``KERNEL_MIXES``: SN, SSN, fixed-source layers) the whole
+layer is one compiled op (``torch.ops.mmnorm.switchable_norm``) with a C++
+autograd node, so a forward and a backward each cost one call from Python.
+Other mixes (e.g. SyncSN's) run their Python ``forward``/``backward``
+between the row passes. Without the
 kernel (no compiler, another device, or ``MMNORM_NO_KERNEL=1``) the same
 passes are composed from PyTorch's own fused kernels
 (``native_group_norm`` with one group per row and its backward, and
@@ -115,7 +116,7 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     rows = x.reshape(n * c, m).contiguous()
     # The kernels have no autograd formula of their own.
     differentiable = torch.is_grad_enabled() and x.requires_grad
-    ops = None if differentiable else _kernel_for(rows)
+    ops = None if differentiable else kernel_for(rows)
     if ops is not None:
         mean, var = ops.row_moments(rows)
     else:
@@ -127,69 +128,14 @@ def _bessel(count: int) -> float:
     return count / (count - 1) if count > 1 else 1.0
 
 
-def _kernel_for(rows: Tensor) -> Any:
-    """The compiled kernels for a CPU tensor, else ``None``. They take
-    float32 or float64 rows; other inputs are converted to their float32
-    statistics dtype first, as on the composed path."""
-    if rows.device.type != 'cpu':
+def kernel_for(tensor: Tensor) -> Any:
+    """The compiled kernels (``torch.ops.mmnorm``) for a CPU tensor, else
+    ``None``. The row kernels take float32 or float64 rows; other inputs
+    are converted to their float32 statistics dtype first, as on the
+    composed path."""
+    if tensor.device.type != 'cpu':
         return None
     return _kernel.get()
-
-
-class _FusedMomentNorm(torch.autograd.Function):
-    """:class:`_MomentNorm` for the mixes in ``KERNEL_MIXES``, on the
-    compiled kernels only: three ops per direction (row moments, the mix
-    on ``(N, C)``, one row pass), which also removes the small-tensor
-    overhead of dozens of PyTorch ops per layer."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Optional[Tensor],
-                bias: Optional[Tensor], eps: float, mix: MixFn, ops: Any,
-                mean_weight: Tensor, var_weight: Tensor,
-                running_mean: Optional[Tensor],
-                running_var: Optional[Tensor]):
-        n, c, m = x.shape
-        # No autocast region needed: autocast leaves these ops alone.
-        rows = x.to(_stat_dtype(x)).reshape(n * c, m).contiguous()
-        mean_r, var_r = ops.row_moments(rows)
-        mean_in = mean_r.view(n, c)
-        var_in = var_r.view(n, c) * _bessel(m)
-        scale, offset, mean_bn, var_bn = ops.sn_mix_forward(
-            mean_in, var_in, mean_weight, var_weight, running_mean,
-            running_var, weight, bias, eps, mix.flat_input)
-        y = ops.row_affine(rows, mean_r, scale, offset).to(x.dtype)
-        ctx.save_for_backward(x, mean_in, var_in, weight, bias, mean_weight,
-                              var_weight, running_mean, running_var)
-        ctx.eps = eps
-        ctx.flat = mix.flat_input
-        ctx.ops = ops
-        ctx.mark_non_differentiable(mean_bn, var_bn)
-        return y, mean_bn, var_bn
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y: Tensor, *unused_aux_grads):
-        (x, mean_in, var_in, weight, bias, mean_weight, var_weight,
-         running_mean, running_var) = ctx.saved_tensors
-        ops = ctx.ops
-        n, c, m = x.shape
-        rows = x.to(_stat_dtype(x)).reshape(n * c, m).contiguous()
-        # dense rows: autograd may hand us an expanded (stride-0) gradient
-        dy_rows = grad_y.to(rows.dtype).reshape(n * c, m).contiguous()
-        mean_flat = mean_in.reshape(-1)
-        dy_sum, dy_xc = ops.row_grad_sums(dy_rows, rows, mean_flat)
-        (coef_dy, coef_x, coef_one, grad_weight, grad_bias, grad_mean_w,
-         grad_var_w) = ops.sn_mix_backward(
-            dy_sum, dy_xc, mean_in, var_in, mean_weight, var_weight,
-            running_mean, running_var, weight, bias, ctx.eps, ctx.flat, m)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = ops.row_grad_input(dy_rows, rows, mean_flat, coef_dy,
-                                        coef_x, coef_one)
-            grad_x = grad_x.view(n, c, m).to(x.dtype)
-        return (grad_x, None if weight is None else grad_weight,
-                None if bias is None else grad_bias, None, None, None,
-                grad_mean_w, grad_var_w, None, None)
 
 
 class _MomentNorm(torch.autograd.Function):
@@ -201,7 +147,7 @@ class _MomentNorm(torch.autograd.Function):
         n, c, m = x.shape
         with torch.autocast(x.device.type, enabled=False):
             rows = x.to(_stat_dtype(x)).reshape(n * c, m).contiguous()
-            ops = _kernel_for(rows)
+            ops = kernel_for(rows)
             if ops is not None:
                 mean_r, var_r = ops.row_moments(rows)
                 rstd_r = None
@@ -328,10 +274,10 @@ def moment_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     Returns:
         ``(y, *aux)`` with ``y`` of shape ``(N, C, M)`` and dtype of ``x``.
     """
-    ops = _kernel_for(x) if type(mix) in KERNEL_MIXES else None
+    ops = kernel_for(x) if type(mix) in KERNEL_MIXES else None
     if ops is not None and len(params) == 4:
-        y, *aux = _FusedMomentNorm.apply(x, weight, bias, eps, mix, ops,
-                                         *params)
-    else:
-        y, *aux = _MomentNorm.apply(x, weight, bias, eps, mix, *params)
+        # The whole layer, forward and backward, in one compiled op each.
+        return ops.switchable_norm(x, weight, bias, *params,
+                                   eps, mix.flat_input)
+    y, *aux = _MomentNorm.apply(x, weight, bias, eps, mix, *params)
     return (y.view(x.shape), *aux)

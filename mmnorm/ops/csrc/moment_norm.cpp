@@ -25,6 +25,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/irange.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -56,9 +57,12 @@ double fold(const at::vec::Vectorized<scalar_t>& v) {
       v));
 }
 
+// var_out gets the biased variance times var_factor (cols / (cols - 1) for
+// the unbiased one).
 template <typename scalar_t>
 void moments_kernel(const scalar_t* x, int64_t rows, int64_t cols,
-                    scalar_t* mean_out, scalar_t* var_out) {
+                    double var_factor, scalar_t* mean_out,
+                    scalar_t* var_out) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int64_t V = Vec::size();
   at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
@@ -101,7 +105,7 @@ void moments_kernel(const scalar_t* x, int64_t rows, int64_t cols,
       const double m1 = s1 / cols;
       const double var = std::max(s2 / cols - m1 * m1, 0.0);
       mean_out[r] = static_cast<scalar_t>(shift_d + m1);
-      var_out[r] = static_cast<scalar_t>(var);
+      var_out[r] = static_cast<scalar_t>(var * var_factor);
     }
   });
 }
@@ -228,17 +232,29 @@ void check_same(const Tensor& t, const Tensor& like, const char* name) {
               "mmnorm row kernels: ", name, " must match x");
 }
 
-std::tuple<Tensor, Tensor> row_moments(const Tensor& x) {
+double bessel(int64_t count) {
+  return count > 1 ? static_cast<double>(count) / (count - 1) : 1.0;
+}
+
+// Mean and variance of each row; the variance is unbiased if asked (0 for
+// rows of one element).
+std::tuple<Tensor, Tensor> moments(const Tensor& x, bool unbiased) {
   check_rows(x, "x");
   TORCH_CHECK(x.size(1) > 0, "mmnorm row_moments: rows must not be empty");
   Tensor mean = at::empty({x.size(0)}, x.options());
   Tensor var = at::empty({x.size(0)}, x.options());
+  const double factor = unbiased ? bessel(x.size(1)) : 1.0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mmnorm_row_moments", [&] {
     moments_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), x.size(0),
-                             x.size(1), mean.mutable_data_ptr<scalar_t>(),
+                             x.size(1), factor,
+                             mean.mutable_data_ptr<scalar_t>(),
                              var.mutable_data_ptr<scalar_t>());
   });
   return {mean, var};
+}
+
+std::tuple<Tensor, Tensor> row_moments(const Tensor& x) {
+  return moments(x, false);
 }
 
 Tensor row_affine(const Tensor& x, const Tensor& s, const Tensor& a,
@@ -300,10 +316,6 @@ Tensor row_grad_input(const Tensor& dy, const Tensor& x, const Tensor& s,
 // back-propagating through that map. Mirrors SwitchableMix in
 // mmnorm/ops/switchable.py (which documents the formulas) so that a layer
 // runs three ops per direction instead of dozens of small tensor ops.
-
-double bessel(int64_t count) {
-  return count > 1 ? static_cast<double>(count) / (count - 1) : 1.0;
-}
 
 // Element-wise conversions between small tensors and double vectors,
 // without intermediate tensors (each op call costs microseconds here).
@@ -650,6 +662,275 @@ sn_mix_backward(const Tensor& sum_dy, const Tensor& sum_dy_xc,
           from_vector(grad_vw, {3}, param_options)};
 }
 
+// ---------------------------------------------------------------------------
+// The whole layer as one op with a C++ autograd node, so that a forward and
+// a backward each cost one call from Python: per-call overhead (Python
+// bodies of autograd Functions, small tensor ops) was a third of the time of
+// a layer at ResNet's late-stage shapes.
+//
+//   switchable_norm(x (N, C, M), weight, bias, mean_weight, var_weight,
+//                   running_mean, running_var, eps, flat)
+//       -> (y (N, C, M), mean_bn (C,), var_bn (C,))
+//   mixing_weights(mean_logits, var_logits, available, mean_choice,
+//                  var_choice) -> (mean_weight (3,), var_weight (3,))
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The rows of x (N, C, M) in its statistics dtype (float32 for half and
+// bfloat16 input, as the composed path).
+Tensor stat_rows(const Tensor& x) {
+  const auto type = is_exact(x.scalar_type()) ? x.scalar_type() : at::kFloat;
+  return x.to(type).reshape({x.size(0) * x.size(1), x.size(2)}).contiguous();
+}
+
+void check_norm_input(const Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.numel() > 0 &&
+                  at::isFloatingType(x.scalar_type()),
+              "mmnorm switchable_norm: x must be a non-empty floating point "
+              "CPU tensor of shape (N, C, M), got ", x.sizes(), " ",
+              x.scalar_type(), " on ", x.device());
+}
+
+struct NormForward {
+  Tensor y, mean_bn, var_bn, mean_in, var_in;
+};
+
+NormForward norm_forward(const Tensor& x, const std::optional<Tensor>& weight,
+                         const std::optional<Tensor>& bias,
+                         const Tensor& mean_weight, const Tensor& var_weight,
+                         const std::optional<Tensor>& running_mean,
+                         const std::optional<Tensor>& running_var, double eps,
+                         bool flat) {
+  check_norm_input(x);
+  const int64_t n = x.size(0), c = x.size(1), m = x.size(2);
+  const Tensor rows = stat_rows(x);
+  auto [mean_r, var_r] = moments(rows, /*unbiased=*/true);
+  NormForward out;
+  out.mean_in = mean_r.view({n, c});
+  out.var_in = var_r.view({n, c});
+  auto [scale, offset, mean_bn, var_bn] =
+      sn_mix_forward(out.mean_in, out.var_in, mean_weight, var_weight,
+                     running_mean, running_var, weight, bias, eps, flat);
+  out.y = row_affine(rows, mean_r, scale, offset).view({n, c, m});
+  if (out.y.scalar_type() != x.scalar_type()) {
+    out.y = out.y.to(x.scalar_type());
+  }
+  out.mean_bn = mean_bn;
+  out.var_bn = var_bn;
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> switchable_norm_cpu(
+    const Tensor& x, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& bias, const Tensor& mean_weight,
+    const Tensor& var_weight, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& running_var, double eps, bool flat) {
+  NormForward out = norm_forward(x, weight, bias, mean_weight, var_weight,
+                                 running_mean, running_var, eps, flat);
+  return {out.y, out.mean_bn, out.var_bn};
+}
+
+Tensor or_undefined(const std::optional<Tensor>& t) {
+  return t.has_value() ? *t : Tensor();
+}
+
+std::optional<Tensor> if_defined(const Tensor& t) {
+  return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
+}
+
+class SwitchableNormFunction
+    : public torch::autograd::Function<SwitchableNormFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x,
+                               const std::optional<Tensor>& weight,
+                               const std::optional<Tensor>& bias,
+                               const Tensor& mean_weight,
+                               const Tensor& var_weight,
+                               const std::optional<Tensor>& running_mean,
+                               const std::optional<Tensor>& running_var,
+                               double eps, bool flat) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    NormForward out = norm_forward(x, weight, bias, mean_weight, var_weight,
+                                   running_mean, running_var, eps, flat);
+    // The only large tensor saved is the input itself.
+    ctx->save_for_backward({x, out.mean_in, out.var_in, or_undefined(weight),
+                            or_undefined(bias), mean_weight, var_weight,
+                            or_undefined(running_mean),
+                            or_undefined(running_var)});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["flat"] = flat;
+    ctx->mark_non_differentiable({out.mean_bn, out.var_bn});
+    return {out.y, out.mean_bn, out.var_bn};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "mmnorm switchable_norm: double backward (create_graph=True) "
+                "is not supported by the compiled kernel; set "
+                "MMNORM_NO_KERNEL=1 to use the composed path");
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor& x = saved[0];
+    const Tensor& mean_in = saved[1];
+    const Tensor& var_in = saved[2];
+    const auto weight = if_defined(saved[3]);
+    const auto bias = if_defined(saved[4]);
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const bool flat = ctx->saved_data["flat"].toBool();
+    const int64_t n = x.size(0), c = x.size(1), m = x.size(2);
+    const Tensor rows = stat_rows(x);
+    // dense rows: autograd may hand over an expanded (stride-0) gradient
+    const Tensor dy_rows =
+        grads[0].to(rows.scalar_type()).reshape({n * c, m}).contiguous();
+    const Tensor mean_flat = mean_in.reshape({n * c});
+    auto [dy_sum, dy_xc] = row_grad_sums(dy_rows, rows, mean_flat);
+    auto [coef_dy, coef_x, coef_one, grad_weight, grad_bias, grad_mean_w,
+          grad_var_w] =
+        sn_mix_backward(dy_sum, dy_xc, mean_in, var_in, saved[5], saved[6],
+                        if_defined(saved[7]), if_defined(saved[8]), weight,
+                        bias, eps, flat, m);
+    Tensor grad_x;
+    if (ctx->needs_input_grad(0)) {
+      grad_x = row_grad_input(dy_rows, rows, mean_flat, coef_dy, coef_x,
+                              coef_one)
+                   .view({n, c, m});
+      if (grad_x.scalar_type() != x.scalar_type()) {
+        grad_x = grad_x.to(x.scalar_type());
+      }
+    }
+    return {grad_x,
+            weight ? grad_weight : Tensor(),
+            bias ? grad_bias : Tensor(),
+            grad_mean_w,
+            grad_var_w,
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> switchable_norm_autograd(
+    const Tensor& x, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& bias, const Tensor& mean_weight,
+    const Tensor& var_weight, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& running_var, double eps, bool flat) {
+  const variable_list out = SwitchableNormFunction::apply(
+      x, weight, bias, mean_weight, var_weight, running_mean, running_var,
+      eps, flat);
+  return {out[0], out[1], out[2]};
+}
+
+// (3,) mixing weights from lambdas: the softmax over the available entries
+// (0 elsewhere) for choice < 0, else the one-hot of the choice, whose
+// gradient to the lambdas is exactly zero (a frozen SSN layer keeps its
+// lambdas in the graph, so DDP sees them used).
+Tensor weights_from_logits(const Tensor& logits, const Tensor& available,
+                           int64_t choice) {
+  TORCH_CHECK(logits.numel() == 3 && available.numel() == 3 &&
+                  available.scalar_type() == at::kBool &&
+                  available.device().is_cpu() && logits.device().is_cpu(),
+              "mmnorm mixing_weights: expected 3 CPU lambdas and a (3,) bool "
+              "mask of the available branches");
+  TORCH_CHECK(choice < 3, "mmnorm mixing_weights: choice must be < 3, got ",
+              choice);
+  // half / bfloat16 lambdas: computed in float32, returned in their dtype
+  const Tensor lam = is_exact(logits.scalar_type())
+                         ? logits.contiguous()
+                         : logits.to(at::kFloat).contiguous();
+  const Tensor mask = available.contiguous();
+  const bool* ok = mask.const_data_ptr<bool>();
+  TORCH_CHECK(choice >= 0 || ok[0] || ok[1] || ok[2],
+              "mmnorm mixing_weights: no branch is available");
+  Tensor out = at::empty({3}, lam.options());
+  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "mmnorm_weights", [&] {
+    const scalar_t* l = lam.const_data_ptr<scalar_t>();
+    scalar_t* w = out.mutable_data_ptr<scalar_t>();
+    if (choice >= 0) {
+      for (int k = 0; k < 3; ++k) w[k] = k == choice ? 1 : 0;
+      return;
+    }
+    double top = -INFINITY;
+    for (int k = 0; k < 3; ++k) {
+      if (ok[k]) top = std::max(top, static_cast<double>(l[k]));
+    }
+    double e[3], total = 0.0;
+    for (int k = 0; k < 3; ++k) {
+      e[k] = ok[k] ? std::exp(static_cast<double>(l[k]) - top) : 0.0;
+      total += e[k];
+    }
+    for (int k = 0; k < 3; ++k) w[k] = static_cast<scalar_t>(e[k] / total);
+  });
+  if (out.scalar_type() != logits.scalar_type()) {
+    out = out.to(logits.scalar_type());
+  }
+  return out;
+}
+
+// d logits of the softmax for choice < 0 (zero for unavailable entries,
+// whose weight is 0), exactly zero for a frozen choice.
+Tensor weights_backward(const Tensor& grad, const Tensor& weights,
+                        int64_t choice) {
+  if (choice >= 0 || !grad.defined()) {
+    return at::zeros_like(weights);
+  }
+  const Tensor w = weights.to(at::kDouble);
+  const Tensor g = grad.to(at::kDouble).contiguous();
+  const double* wp = w.const_data_ptr<double>();
+  const double* gp = g.const_data_ptr<double>();
+  const double dot = wp[0] * gp[0] + wp[1] * gp[1] + wp[2] * gp[2];
+  Tensor out = at::empty({3}, w.options());
+  double* o = out.mutable_data_ptr<double>();
+  for (int k = 0; k < 3; ++k) o[k] = wp[k] * (gp[k] - dot);
+  return out.to(weights.scalar_type());
+}
+
+std::tuple<Tensor, Tensor> mixing_weights_cpu(const Tensor& mean_logits,
+                                              const Tensor& var_logits,
+                                              const Tensor& available,
+                                              int64_t mean_choice,
+                                              int64_t var_choice) {
+  return {weights_from_logits(mean_logits, available, mean_choice),
+          weights_from_logits(var_logits, available, var_choice)};
+}
+
+class MixingWeightsFunction
+    : public torch::autograd::Function<MixingWeightsFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& mean_logits,
+                               const Tensor& var_logits,
+                               const Tensor& available, int64_t mean_choice,
+                               int64_t var_choice) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [mean_w, var_w] = mixing_weights_cpu(mean_logits, var_logits,
+                                              available, mean_choice,
+                                              var_choice);
+    ctx->save_for_backward({mean_w, var_w});
+    ctx->saved_data["mean_choice"] = mean_choice;
+    ctx->saved_data["var_choice"] = var_choice;
+    return {mean_w, var_w};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    return {weights_backward(grads[0], saved[0],
+                             ctx->saved_data["mean_choice"].toInt()),
+            weights_backward(grads[1], saved[1],
+                             ctx->saved_data["var_choice"].toInt()),
+            Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor> mixing_weights_autograd(const Tensor& mean_logits,
+                                                   const Tensor& var_logits,
+                                                   const Tensor& available,
+                                                   int64_t mean_choice,
+                                                   int64_t var_choice) {
+  const variable_list out = MixingWeightsFunction::apply(
+      mean_logits, var_logits, available, mean_choice, var_choice);
+  return {out[0], out[1]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(mmnorm, m) {
@@ -670,6 +951,13 @@ TORCH_LIBRARY(mmnorm, m) {
       "Tensor? running_mean, Tensor? running_var, Tensor? weight, "
       "Tensor? bias, float eps, bool flat, int count) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "switchable_norm(Tensor x, Tensor? weight, Tensor? bias, "
+      "Tensor mean_weight, Tensor var_weight, Tensor? running_mean, "
+      "Tensor? running_var, float eps, bool flat) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "mixing_weights(Tensor mean_logits, Tensor var_logits, "
+      "Tensor available, int mean_choice, int var_choice) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mmnorm, CPU, m) {
@@ -679,4 +967,11 @@ TORCH_LIBRARY_IMPL(mmnorm, CPU, m) {
   m.impl("row_grad_input", row_grad_input);
   m.impl("sn_mix_forward", sn_mix_forward);
   m.impl("sn_mix_backward", sn_mix_backward);
+  m.impl("switchable_norm", switchable_norm_cpu);
+  m.impl("mixing_weights", mixing_weights_cpu);
+}
+
+TORCH_LIBRARY_IMPL(mmnorm, Autograd, m) {
+  m.impl("switchable_norm", switchable_norm_autograd);
+  m.impl("mixing_weights", mixing_weights_autograd);
 }
