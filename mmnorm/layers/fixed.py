@@ -98,9 +98,8 @@ class FixedSourceNorm(_BatchNorm):
         var_w = torch.zeros_like(mean_w)
         mean_w[self.mean_source] = 1.0
         var_w[self.var_source] = 1.0
-        x = input.reshape(input.shape[0], input.shape[1], -1)
         y, batch_mean, batch_var = moment_norm(
-            x, self.weight, self.bias, self.eps,
+            input, self.weight, self.bias, self.eps,
             self._mixes[input.dim() == 2], mean_w, var_w, *running)
         if self.training and self.track_running_stats:
             with torch.no_grad():
@@ -111,7 +110,7 @@ class FixedSourceNorm(_BatchNorm):
                                         factor)
                 self.running_var.lerp_(batch_var.to(self.running_var),
                                        factor)
-        return y.view_as(input)
+        return y
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, '

@@ -208,14 +208,12 @@ class SwitchableNorm(_BatchNorm):
                    else (self.running_mean.clone(), self.running_var.clone()))
         if input.numel() == 0:
             return self._empty_output(input, mean_w, var_w)
-        mix = self._mix(flat)
-        x = input.reshape(input.shape[0], input.shape[1], -1)
         y, batch_mean, batch_var = moment_norm(
-            x, self.weight, self.bias, self.eps, mix,
+            input, self.weight, self.bias, self.eps, self._mix(flat),
             mean_w, var_w, *running)
         if use_batch and self.training and self.track_running_stats:
             self._track(batch_mean, batch_var)
-        return y.view_as(input)
+        return y
 
     def _empty_output(self, input: Tensor, *weights: Tensor) -> Tensor:
         """An empty batch (e.g. a mask head without positives) gives an

@@ -264,7 +264,9 @@ def moment_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     """Normalize ``x`` with statistics mixed from its per-sample moments.
 
     Args:
-        x: ``(N, C, M)`` input, ``M`` the flattened spatial/temporal size.
+        x: ``(N, C, *)`` input, not empty; the statistics of a (sample,
+            channel) slice are over all its ``*`` elements (one for
+            ``(N, C)`` input).
         weight, bias: ``(C,)`` affine parameters, or ``None``.
         eps: added to the mixed variance.
         mix: object with ``forward`` and ``backward`` as described at
@@ -272,12 +274,13 @@ def moment_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         *params: tensors passed to ``mix``; gradients flow to them.
 
     Returns:
-        ``(y, *aux)`` with ``y`` of shape ``(N, C, M)`` and dtype of ``x``.
+        ``(y, *aux)`` with ``y`` of the shape and dtype of ``x``.
     """
     ops = kernel_for(x) if type(mix) in KERNEL_MIXES else None
     if ops is not None and len(params) == 4:
         # The whole layer, forward and backward, in one compiled op each.
         return ops.switchable_norm(x, weight, bias, *params,
                                    eps, mix.flat_input)
-    y, *aux = _MomentNorm.apply(x, weight, bias, eps, mix, *params)
+    rows = x.reshape(x.shape[0], x.shape[1], -1)
+    y, *aux = _MomentNorm.apply(rows, weight, bias, eps, mix, *params)
     return (y.view(x.shape), *aux)

@@ -464,6 +464,18 @@ Mixed mix_statistics(const Tensor& mean_in, const Tensor& var_in,
   const double* __restrict vb = s.var_bn.data();
   const double mw1 = s.mw[1], mw2 = s.mw[2];
   const double vw0 = s.vw[0], vw1 = s.vw[1], vw2 = s.vw[2];
+  // Without an IN part the variance is one per row (LN only, e.g. a
+  // fixed SSN layer) or one per channel (BN only): fewer square roots.
+  const bool ln_var_only = vw0 == 0.0 && vw2 == 0.0;
+  std::vector<double> rstd_bn;
+  if (vw0 == 0.0 && vw1 == 0.0) {
+    rstd_bn.resize(c);
+#pragma omp simd
+    for (int64_t j = 0; j < c; ++j) {
+      const double var_bn = vb[j] > 0.0 ? vb[j] : 0.0;
+      rstd_bn[j] = 1.0 / std::sqrt(vw2 * var_bn + eps);
+    }
+  }
   for (int64_t i = 0; i < n; ++i) {
     const double mean_ln = s.mean_ln[i];
     const double var_ln = std::max(s.var_ln[i], 0.0);
@@ -474,9 +486,18 @@ Mixed mix_statistics(const Tensor& mean_in, const Tensor& var_in,
 #pragma omp simd
     for (int64_t j = 0; j < c; ++j) {
       gap[j] = mw1 * (m_row[j] - mean_ln) + mw2 * (m_row[j] - mb[j]);
-      const double var_bn = vb[j] > 0.0 ? vb[j] : 0.0;
-      const double var = vw0 * v_row[j] + vw1 * var_ln + vw2 * var_bn;
-      rstd[j] = 1.0 / std::sqrt(var + eps);
+    }
+    if (ln_var_only) {
+      std::fill(rstd, rstd + c, 1.0 / std::sqrt(vw1 * var_ln + eps));
+    } else if (!rstd_bn.empty()) {
+      std::copy(rstd_bn.begin(), rstd_bn.end(), rstd);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < c; ++j) {
+        const double var_bn = vb[j] > 0.0 ? vb[j] : 0.0;
+        const double var = vw0 * v_row[j] + vw1 * var_ln + vw2 * var_bn;
+        rstd[j] = 1.0 / std::sqrt(var + eps);
+      }
     }
   }
   return s;
@@ -668,27 +689,28 @@ sn_mix_backward(const Tensor& sum_dy, const Tensor& sum_dy_xc,
 // bodies of autograd Functions, small tensor ops) was a third of the time of
 // a layer at ResNet's late-stage shapes.
 //
-//   switchable_norm(x (N, C, M), weight, bias, mean_weight, var_weight,
+//   switchable_norm(x (N, C, *), weight, bias, mean_weight, var_weight,
 //                   running_mean, running_var, eps, flat)
-//       -> (y (N, C, M), mean_bn (C,), var_bn (C,))
+//       -> (y (N, C, *), mean_bn (C,), var_bn (C,))
 //   mixing_weights(mean_logits, var_logits, available, mean_choice,
 //                  var_choice) -> (mean_weight (3,), var_weight (3,))
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The rows of x (N, C, M) in its statistics dtype (float32 for half and
-// bfloat16 input, as the composed path).
+// The (N * C, M) rows of x (N, C, *) in its statistics dtype (float32 for
+// half and bfloat16 input, as the composed path).
 Tensor stat_rows(const Tensor& x) {
   const auto type = is_exact(x.scalar_type()) ? x.scalar_type() : at::kFloat;
-  return x.to(type).reshape({x.size(0) * x.size(1), x.size(2)}).contiguous();
+  const int64_t rows = x.size(0) * x.size(1);
+  return x.to(type).reshape({rows, x.numel() / rows}).contiguous();
 }
 
 void check_norm_input(const Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.numel() > 0 &&
+  TORCH_CHECK(x.device().is_cpu() && x.dim() >= 2 && x.numel() > 0 &&
                   at::isFloatingType(x.scalar_type()),
               "mmnorm switchable_norm: x must be a non-empty floating point "
-              "CPU tensor of shape (N, C, M), got ", x.sizes(), " ",
+              "CPU tensor of shape (N, C, *), got ", x.sizes(), " ",
               x.scalar_type(), " on ", x.device());
 }
 
@@ -703,7 +725,7 @@ NormForward norm_forward(const Tensor& x, const std::optional<Tensor>& weight,
                          const std::optional<Tensor>& running_var, double eps,
                          bool flat) {
   check_norm_input(x);
-  const int64_t n = x.size(0), c = x.size(1), m = x.size(2);
+  const int64_t n = x.size(0), c = x.size(1);
   const Tensor rows = stat_rows(x);
   auto [mean_r, var_r] = moments(rows, /*unbiased=*/true);
   NormForward out;
@@ -712,7 +734,7 @@ NormForward norm_forward(const Tensor& x, const std::optional<Tensor>& weight,
   auto [scale, offset, mean_bn, var_bn] =
       sn_mix_forward(out.mean_in, out.var_in, mean_weight, var_weight,
                      running_mean, running_var, weight, bias, eps, flat);
-  out.y = row_affine(rows, mean_r, scale, offset).view({n, c, m});
+  out.y = row_affine(rows, mean_r, scale, offset).view(x.sizes());
   if (out.y.scalar_type() != x.scalar_type()) {
     out.y = out.y.to(x.scalar_type());
   }
@@ -777,12 +799,12 @@ class SwitchableNormFunction
     const auto bias = if_defined(saved[4]);
     const double eps = ctx->saved_data["eps"].toDouble();
     const bool flat = ctx->saved_data["flat"].toBool();
-    const int64_t n = x.size(0), c = x.size(1), m = x.size(2);
     const Tensor rows = stat_rows(x);
+    const int64_t m = rows.size(1);
     // dense rows: autograd may hand over an expanded (stride-0) gradient
     const Tensor dy_rows =
-        grads[0].to(rows.scalar_type()).reshape({n * c, m}).contiguous();
-    const Tensor mean_flat = mean_in.reshape({n * c});
+        grads[0].to(rows.scalar_type()).reshape(rows.sizes()).contiguous();
+    const Tensor mean_flat = mean_in.reshape({rows.size(0)});
     auto [dy_sum, dy_xc] = row_grad_sums(dy_rows, rows, mean_flat);
     auto [coef_dy, coef_x, coef_one, grad_weight, grad_bias, grad_mean_w,
           grad_var_w] =
@@ -793,7 +815,7 @@ class SwitchableNormFunction
     if (ctx->needs_input_grad(0)) {
       grad_x = row_grad_input(dy_rows, rows, mean_flat, coef_dy, coef_x,
                               coef_one)
-                   .view({n, c, m});
+                   .view(x.sizes());
       if (grad_x.scalar_type() != x.scalar_type()) {
         grad_x = grad_x.to(x.scalar_type());
       }
