@@ -313,49 +313,57 @@ def test_double_backward_is_refused_with_a_clear_error():
         torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
 
 
+def _from_lambdas(x, mean_lambda, var_lambda, mask, mean_choice, var_choice):
+    return KERNEL.switchable_norm_from_lambdas(
+        x, None, None, mean_lambda, var_lambda, mask, mean_choice, var_choice,
+        None, None, 1e-5, False)[0]
+
+
 @needs_kernel
 @pytest.mark.parametrize('available', [(True, True, True),
                                        (False, True, True),
                                        (True, True, False),
                                        (False, True, False)])
-def test_mixing_weights_op_is_the_masked_softmax(available):
+def test_op_from_lambdas_uses_the_masked_softmax(available):
     mask = torch.tensor(available)
-    mean_logits = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    var_logits = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    mean_w, var_w = KERNEL.mixing_weights(mean_logits, var_logits, mask,
-                                          -1, -1)
-    # independent: exp / sum over the available entries only
-    for logits, w in ((mean_logits, mean_w), (var_logits, var_w)):
-        e = logits.detach().exp() * mask
-        torch.testing.assert_close(w, e / e.sum(), rtol=1e-14, atol=0)
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    mean_lambda = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    var_lambda = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    y = _from_lambdas(x, mean_lambda, var_lambda, mask, -1, -1)
+    # independent weights: exp / sum over the available entries only
+    weights = []
+    for lam in (mean_lambda, var_lambda):
+        e = lam.detach().exp() * mask
+        weights.append(e / e.sum())
+    expected = KERNEL.switchable_norm(x, None, None, *weights, None, None,
+                                      1e-5, False)[0]
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(
-        lambda m, v: KERNEL.mixing_weights(m, v, mask, -1, -1),
-        (mean_logits, var_logits))
-    # float32 lambdas give float32 weights equal to PyTorch's softmax
-    w32, _ = KERNEL.mixing_weights(mean_logits.float(), var_logits.float(),
-                                   mask, -1, -1)
-    assert w32.dtype == torch.float32
-    torch.testing.assert_close(
-        w32, mean_logits.float().masked_fill(~mask, float('-inf')).softmax(0))
+        lambda x, m, v: _from_lambdas(x, m, v, mask, -1, -1),
+        (x, mean_lambda, var_lambda))
 
 
 @needs_kernel
-def test_mixing_weights_op_freezes_a_choice_with_zero_gradient():
+def test_op_from_lambdas_freezes_a_choice_with_zero_gradient():
     mask = torch.tensor([True, True, True])
-    mean_logits = torch.randn(3, requires_grad=True)
-    var_logits = torch.randn(3, requires_grad=True)
-    mean_w, var_w = KERNEL.mixing_weights(mean_logits, var_logits, mask, 1,
-                                          -1)
-    assert mean_w.tolist() == [0.0, 1.0, 0.0]
+    x = torch.randn(3, 4, 5, requires_grad=True)
+    mean_lambda = torch.randn(3, requires_grad=True)
+    var_lambda = torch.randn(3, requires_grad=True)
+    y = _from_lambdas(x, mean_lambda, var_lambda, mask, 1, 0)
+    one_hot = [torch.tensor(w) for w in ([0., 1., 0.], [1., 0., 0.])]
+    expected = KERNEL.switchable_norm(x, None, None, *one_hot, None, None,
+                                      1e-5, False)[0]
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
     # an inf gradient (an overflowing step) still gives exactly 0
-    (mean_w * torch.tensor([float('inf'), 1.0, -2.0])).sum().backward(
-        retain_graph=True)
-    assert mean_logits.grad.tolist() == [0.0, 0.0, 0.0]
-    assert not var_logits.grad.any()  # var_w was not used
+    grad = torch.randn_like(y)
+    grad[0, 0, 0] = float('inf')
+    y.backward(grad)
+    assert mean_lambda.grad.tolist() == [0.0, 0.0, 0.0]
+    assert var_lambda.grad.tolist() == [0.0, 0.0, 0.0]
     with pytest.raises(RuntimeError, match='choice must be < 3'):
-        KERNEL.mixing_weights(mean_logits, var_logits, mask, 3, -1)
+        _from_lambdas(x, mean_lambda, var_lambda, mask, 3, -1)
     with pytest.raises(RuntimeError, match='no branch is available'):
-        KERNEL.mixing_weights(mean_logits, var_logits, ~mask, -1, -1)
+        _from_lambdas(x, mean_lambda, var_lambda, ~mask, -1, -1)
 
 
 # --------------------------------------------------------------------------

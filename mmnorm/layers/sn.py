@@ -30,6 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import BRANCHES, SwitchableMix, masked_softmax, moment_norm
 from ..ops.moment_norm import kernel_for
+from ..ops.switchable import KERNEL_MIXES
 
 _SUPPORTED_RANKS = (2, 3, 4, 5)
 
@@ -167,10 +168,6 @@ class SwitchableNorm(_BatchNorm):
             flat: weights for ``(N, C)`` input (no IN branch).
         """
         available = self._available(flat)
-        ops = kernel_for(self.mean_weight)
-        if ops is not None:  # both softmaxes and their backward in one op
-            return ops.mixing_weights(self.mean_weight, self.var_weight,
-                                      available, -1, -1)
         return (masked_softmax(self.mean_weight, available),
                 masked_softmax(self.var_weight, available))
 
@@ -182,6 +179,13 @@ class SwitchableNorm(_BatchNorm):
         """The weights a training/inference forward uses (subclasses may
         update state here, e.g. SSN freezing a one-hot choice)."""
         return self.mixing_weights(flat)
+
+    def _kernel_weight_choices(self) -> Optional[tuple[int, int]]:
+        """How the compiled op derives the mean and variance weights from
+        the lambdas: -1 for the softmax, ``k >= 0`` for a frozen one-hot;
+        ``None`` if it cannot (weights then come from
+        :meth:`_forward_weights`)."""
+        return (-1, -1)
 
     def ratios(self) -> dict[str, dict[str, float]]:
         """Mixing ratios by name for the input rank last seen, e.g.
@@ -200,17 +204,29 @@ class SwitchableNorm(_BatchNorm):
         flat = rank == 2
         if rank != self._last_rank:
             self._last_rank = rank
-        mean_w, var_w = self._forward_weights(flat)
         use_batch = self._uses_batch_stats()
         # Copies: a later training forward updates the buffers in place,
         # which must not invalidate this forward's graph.
         running = ((None, None) if use_batch
                    else (self.running_mean.clone(), self.running_var.clone()))
         if input.numel() == 0:
-            return self._empty_output(input, mean_w, var_w)
-        y, batch_mean, batch_var = moment_norm(
-            input, self.weight, self.bias, self.eps, self._mix(flat),
-            mean_w, var_w, *running)
+            return self._empty_output(input, *self._forward_weights(flat))
+        mix = self._mix(flat)
+        choices = self._kernel_weight_choices()
+        ops = (kernel_for(input)
+               if choices is not None and type(mix) in KERNEL_MIXES else None)
+        if ops is not None:
+            # Weights, statistics, output and the backward of all of them
+            # in one compiled op: the fast path on the CPU.
+            y, batch_mean, batch_var = ops.switchable_norm_from_lambdas(
+                input, self.weight, self.bias, self.mean_weight,
+                self.var_weight, self._available(flat), *choices, *running,
+                self.eps, flat)
+        else:
+            mean_w, var_w = self._forward_weights(flat)
+            y, batch_mean, batch_var = moment_norm(
+                input, self.weight, self.bias, self.eps, mix, mean_w, var_w,
+                *running)
         if use_batch and self.training and self.track_running_stats:
             self._track(batch_mean, batch_var)
         return y

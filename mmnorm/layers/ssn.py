@@ -24,7 +24,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..ops.moment_norm import kernel_for
 from ..ops.sparsestmax import sparsestmax
 from ..ops.switchable import SwitchableMix
 from .fixed import FixedSourceMix
@@ -149,13 +148,12 @@ class SparseSwitchableNorm(SwitchableNorm):
                 self._weights(self.var_weight, self.var_choice, available,
                               False))
 
-    def _forward_weights(self, flat: bool) -> tuple[Tensor, Tensor]:
+    def _kernel_weight_choices(self) -> Optional[tuple[int, int]]:
+        # Frozen one-hots only: SparsestMax stays in Python.
         choices = self._read_choices()
-        if _NOT_FIXED not in choices:
-            ops = kernel_for(self.mean_weight)
-            if ops is not None:  # both one-hots, zero gradient, in one op
-                return ops.mixing_weights(self.mean_weight, self.var_weight,
-                                          self._available(flat), *choices)
+        return None if _NOT_FIXED in choices else choices
+
+    def _forward_weights(self, flat: bool) -> tuple[Tensor, Tensor]:
         available = self._available(flat)
         # A training step, also with norm_eval=True (eval mode while the
         # lambdas still learn); not validation/test, which run without grad.

@@ -242,8 +242,8 @@ def report(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=7)
-    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=15)
+    parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--shapes', nargs='*', default=None,
                         help='shapes like 8x64x56x56 (default: ResNet-50)')
     parser.add_argument('--out', help='also write the results as JSON')

@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -317,16 +318,36 @@ Tensor row_grad_input(const Tensor& dy, const Tensor& x, const Tensor& s,
 // mmnorm/ops/switchable.py (which documents the formulas) so that a layer
 // runs three ops per direction instead of dozens of small tensor ops.
 
+// std::vector<double> whose plain size constructor and resize() leave the
+// values uninitialized: every such buffer below is written in full before it
+// is read, and zero-filling them cost more than the arithmetic.
+template <typename T>
+struct UninitializedAllocator : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = UninitializedAllocator<U>;
+  };
+  template <typename U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+using Doubles = std::vector<double, UninitializedAllocator<double>>;
+
 // Element-wise conversions between small tensors and double vectors,
 // without intermediate tensors (each op call costs microseconds here).
 bool is_exact(const at::ScalarType type) {
   return type == at::kFloat || type == at::kDouble;
 }
 
-std::vector<double> to_vector(const Tensor& t) {
+Doubles to_vector(const Tensor& t) {
   const Tensor d =
       is_exact(t.scalar_type()) ? t.contiguous() : t.to(at::kDouble);
-  std::vector<double> out(d.numel());
+  Doubles out(d.numel());
   AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "mmnorm_to_vector", [&] {
     const scalar_t* p = d.const_data_ptr<scalar_t>();
     for (const auto i : c10::irange(d.numel())) {
@@ -336,17 +357,17 @@ std::vector<double> to_vector(const Tensor& t) {
   return out;
 }
 
-std::vector<double> optional_vector(const std::optional<Tensor>& t,
+Doubles optional_vector(const std::optional<Tensor>& t,
                                     int64_t size, double fill) {
   if (t.has_value() && t->defined()) {
     TORCH_CHECK(t->numel() == size, "mmnorm mix: expected ", size,
                 " values, got ", t->numel());
     return to_vector(*t);
   }
-  return std::vector<double>(size, fill);
+  return Doubles(size, fill);
 }
 
-Tensor from_vector(const std::vector<double>& v, at::IntArrayRef sizes,
+Tensor from_vector(const Doubles& v, at::IntArrayRef sizes,
                    const at::TensorOptions& options) {
   const auto type = c10::typeMetaToScalarType(options.dtype());
   Tensor out = at::empty(sizes, options.dtype(is_exact(type) ? type
@@ -365,16 +386,16 @@ Tensor from_vector(const std::vector<double>& v, at::IntArrayRef sizes,
 // `omp simd` reductions, so that they vectorize.
 struct Mixed {
   int64_t n = 0, c = 0;
-  std::vector<double> mean_in, var_in;  // (N, C), unbiased variance
-  std::vector<double> mean_ln, var_ln;  // (N,), var_ln before clamping
-  std::vector<double> mean_bn, var_bn;  // (C,), var_bn before clamping
-  std::vector<double> mw, vw;           // (3,)
+  Doubles mean_in, var_in;  // (N, C), unbiased variance
+  Doubles mean_ln, var_ln;  // (N,), var_ln before clamping
+  Doubles mean_bn, var_bn;  // (C,), var_bn before clamping
+  Doubles mw, vw;           // (3,)
   // mean_in - mean, (N, C). The weights sum to one (softmax, sparsestmax
   // or one-hot), so this is sum_k w_k (mean_in - mean_k): a common offset
   // of the input cancels exactly instead of leaving the rounding error of
   // the weights' sum times the mean (which 1 / sqrt(eps) would amplify
   // for constant input).
-  std::vector<double> mean_gap, rstd;
+  Doubles mean_gap, rstd;
 };
 
 Mixed mix_statistics(const Tensor& mean_in, const Tensor& var_in,
@@ -435,7 +456,7 @@ Mixed mix_statistics(const Tensor& mean_in, const Tensor& var_in,
         vb[j] += v_row[j];
       }
     }
-    std::vector<double> d2(c, 0.0);
+    Doubles d2(c, 0.0);
     double* __restrict d2p = d2.data();
 #pragma omp simd
     for (int64_t j = 0; j < c; ++j) {
@@ -467,7 +488,7 @@ Mixed mix_statistics(const Tensor& mean_in, const Tensor& var_in,
   // Without an IN part the variance is one per row (LN only, e.g. a
   // fixed SSN layer) or one per channel (BN only): fewer square roots.
   const bool ln_var_only = vw0 == 0.0 && vw2 == 0.0;
-  std::vector<double> rstd_bn;
+  Doubles rstd_bn;
   if (vw0 == 0.0 && vw1 == 0.0) {
     rstd_bn.resize(c);
 #pragma omp simd
@@ -514,9 +535,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sn_mix_forward(
   const Mixed s = mix_statistics(mean_in, var_in, mean_weight, var_weight,
                                  running_mean, running_var, eps, flat);
   const int64_t n = s.n, c = s.c;
-  const std::vector<double> wv = optional_vector(weight, c, 1.0);
-  const std::vector<double> bv = optional_vector(bias, c, 0.0);
-  std::vector<double> scale(n * c), offset(n * c);
+  const Doubles wv = optional_vector(weight, c, 1.0);
+  const Doubles bv = optional_vector(bias, c, 0.0);
+  Doubles scale(n * c), offset(n * c);
   const double* __restrict w = wv.data();
   const double* __restrict b = bv.data();
   for (int64_t i = 0; i < n; ++i) {
@@ -557,9 +578,9 @@ sn_mix_backward(const Tensor& sum_dy, const Tensor& sum_dy_xc,
   const bool has_weight = weight.has_value() && weight->defined();
   const bool has_bias = bias.has_value() && bias->defined();
   const bool use_batch = !(running_mean.has_value() && running_mean->defined());
-  const std::vector<double> wv = optional_vector(weight, c, 1.0);
-  const std::vector<double> g1v = to_vector(sum_dy);
-  const std::vector<double> g2v = to_vector(sum_dy_xc);
+  const Doubles wv = optional_vector(weight, c, 1.0);
+  const Doubles g1v = to_vector(sum_dy);
+  const Doubles g2v = to_vector(sum_dy_xc);
   const double* __restrict w = wv.data();
   const double* __restrict mi = s.mean_in.data();
   const double* __restrict vi = s.var_in.data();
@@ -567,8 +588,8 @@ sn_mix_backward(const Tensor& sum_dy, const Tensor& sum_dy_xc,
   const double* __restrict vb = s.var_bn.data();
 
   // The affine map: y = (x - mean) * rstd * weight + bias.
-  std::vector<double> scale(n * c), grad_mean(n * c), grad_var(n * c);
-  std::vector<double> grad_w(c, 0.0), grad_b(c, 0.0);
+  Doubles scale(n * c), grad_mean(n * c), grad_var(n * c);
+  Doubles grad_w(c, 0.0), grad_b(c, 0.0);
   double* __restrict gw = grad_w.data();
   double* __restrict gb = grad_b.data();
   for (int64_t i = 0; i < n; ++i) {
@@ -595,8 +616,8 @@ sn_mix_backward(const Tensor& sum_dy, const Tensor& sum_dy_xc,
 
   // Through the mix: its weights, then the LN and BN statistics.
   double gmw0 = 0, gmw1 = 0, gmw2 = 0, gvw0 = 0, gvw1 = 0, gvw2 = 0;
-  std::vector<double> sum_gm_n(n, 0.0), sum_gv_n(n, 0.0);
-  std::vector<double> sum_gm_c(c, 0.0), sum_gv_c(c, 0.0);
+  Doubles sum_gm_n(n, 0.0), sum_gv_n(n, 0.0);
+  Doubles sum_gm_c(c, 0.0), sum_gv_c(c, 0.0);
   double* __restrict gm_c = sum_gm_c.data();
   double* __restrict gv_c = sum_gv_c.data();
   for (int64_t i = 0; i < n; ++i) {
@@ -626,7 +647,7 @@ sn_mix_backward(const Tensor& sum_dy, const Tensor& sum_dy_xc,
     sum_gm_n[i] = gm_n;
     sum_gv_n[i] = gv_n;
   }
-  std::vector<double> g_mean_bn(c, 0.0), g_var_bn(c, 0.0);
+  Doubles g_mean_bn(c, 0.0), g_var_bn(c, 0.0);
   double* __restrict gmb = g_mean_bn.data();
   double* __restrict gvb = g_var_bn.data();
   if (use_batch) {
@@ -642,7 +663,7 @@ sn_mix_backward(const Tensor& sum_dy, const Tensor& sum_dy_xc,
   const double var_factor = 2.0 / std::max<int64_t>(count - 1, 1);
   const double inv_c = 1.0 / c, inv_count = 1.0 / count;
   const double mw0 = s.mw[0], vw0 = s.vw[0];
-  std::vector<double> coef_b(n * c), coef_c(n * c);
+  Doubles coef_b(n * c), coef_c(n * c);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t o = i * c;
     const double g_mean_ln = s.mw[1] * sum_gm_n[i];
@@ -667,8 +688,8 @@ sn_mix_backward(const Tensor& sum_dy, const Tensor& sum_dy_xc,
   }
   const auto options = mean_in.options();
   const auto param_options = mean_weight.options();
-  const std::vector<double> grad_mw = {gmw0, gmw1, gmw2};
-  const std::vector<double> grad_vw = {gvw0, gvw1, gvw2};
+  const Doubles grad_mw = {gmw0, gmw1, gmw2};
+  const Doubles grad_vw = {gvw0, gvw1, gvw2};
   // Without weight or bias their gradients are returned but unused.
   const Tensor grad_weight = from_vector(
       grad_w, {c}, has_weight ? weight->options() : param_options);
@@ -692,8 +713,12 @@ sn_mix_backward(const Tensor& sum_dy, const Tensor& sum_dy_xc,
 //   switchable_norm(x (N, C, *), weight, bias, mean_weight, var_weight,
 //                   running_mean, running_var, eps, flat)
 //       -> (y (N, C, *), mean_bn (C,), var_bn (C,))
-//   mixing_weights(mean_logits, var_logits, available, mean_choice,
-//                  var_choice) -> (mean_weight (3,), var_weight (3,))
+//   switchable_norm_from_lambdas(x, weight, bias, mean_lambda, var_lambda,
+//                                available (3,) bool, mean_choice,
+//                                var_choice, running_mean, running_var, eps,
+//                                flat) -> the same, with the mixing weights
+//       derived from the lambdas: softmax over the available branches for a
+//       choice of -1, else the frozen one-hot of the choice (gradient 0).
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -761,88 +786,6 @@ std::optional<Tensor> if_defined(const Tensor& t) {
   return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
 }
 
-class SwitchableNormFunction
-    : public torch::autograd::Function<SwitchableNormFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& x,
-                               const std::optional<Tensor>& weight,
-                               const std::optional<Tensor>& bias,
-                               const Tensor& mean_weight,
-                               const Tensor& var_weight,
-                               const std::optional<Tensor>& running_mean,
-                               const std::optional<Tensor>& running_var,
-                               double eps, bool flat) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    NormForward out = norm_forward(x, weight, bias, mean_weight, var_weight,
-                                   running_mean, running_var, eps, flat);
-    // The only large tensor saved is the input itself.
-    ctx->save_for_backward({x, out.mean_in, out.var_in, or_undefined(weight),
-                            or_undefined(bias), mean_weight, var_weight,
-                            or_undefined(running_mean),
-                            or_undefined(running_var)});
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["flat"] = flat;
-    ctx->mark_non_differentiable({out.mean_bn, out.var_bn});
-    return {out.y, out.mean_bn, out.var_bn};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "mmnorm switchable_norm: double backward (create_graph=True) "
-                "is not supported by the compiled kernel; set "
-                "MMNORM_NO_KERNEL=1 to use the composed path");
-    const variable_list saved = ctx->get_saved_variables();
-    const Tensor& x = saved[0];
-    const Tensor& mean_in = saved[1];
-    const Tensor& var_in = saved[2];
-    const auto weight = if_defined(saved[3]);
-    const auto bias = if_defined(saved[4]);
-    const double eps = ctx->saved_data["eps"].toDouble();
-    const bool flat = ctx->saved_data["flat"].toBool();
-    const Tensor rows = stat_rows(x);
-    const int64_t m = rows.size(1);
-    // dense rows: autograd may hand over an expanded (stride-0) gradient
-    const Tensor dy_rows =
-        grads[0].to(rows.scalar_type()).reshape(rows.sizes()).contiguous();
-    const Tensor mean_flat = mean_in.reshape({rows.size(0)});
-    auto [dy_sum, dy_xc] = row_grad_sums(dy_rows, rows, mean_flat);
-    auto [coef_dy, coef_x, coef_one, grad_weight, grad_bias, grad_mean_w,
-          grad_var_w] =
-        sn_mix_backward(dy_sum, dy_xc, mean_in, var_in, saved[5], saved[6],
-                        if_defined(saved[7]), if_defined(saved[8]), weight,
-                        bias, eps, flat, m);
-    Tensor grad_x;
-    if (ctx->needs_input_grad(0)) {
-      grad_x = row_grad_input(dy_rows, rows, mean_flat, coef_dy, coef_x,
-                              coef_one)
-                   .view(x.sizes());
-      if (grad_x.scalar_type() != x.scalar_type()) {
-        grad_x = grad_x.to(x.scalar_type());
-      }
-    }
-    return {grad_x,
-            weight ? grad_weight : Tensor(),
-            bias ? grad_bias : Tensor(),
-            grad_mean_w,
-            grad_var_w,
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor()};
-  }
-};
-
-std::tuple<Tensor, Tensor, Tensor> switchable_norm_autograd(
-    const Tensor& x, const std::optional<Tensor>& weight,
-    const std::optional<Tensor>& bias, const Tensor& mean_weight,
-    const Tensor& var_weight, const std::optional<Tensor>& running_mean,
-    const std::optional<Tensor>& running_var, double eps, bool flat) {
-  const variable_list out = SwitchableNormFunction::apply(
-      x, weight, bias, mean_weight, var_weight, running_mean, running_var,
-      eps, flat);
-  return {out[0], out[1], out[2]};
-}
-
 // (3,) mixing weights from lambdas: the softmax over the available entries
 // (0 elsewhere) for choice < 0, else the one-hot of the choice, whose
 // gradient to the lambdas is exactly zero (a frozen SSN layer keeps its
@@ -852,9 +795,9 @@ Tensor weights_from_logits(const Tensor& logits, const Tensor& available,
   TORCH_CHECK(logits.numel() == 3 && available.numel() == 3 &&
                   available.scalar_type() == at::kBool &&
                   available.device().is_cpu() && logits.device().is_cpu(),
-              "mmnorm mixing_weights: expected 3 CPU lambdas and a (3,) bool "
+              "mmnorm switchable_norm: expected 3 CPU lambdas and a (3,) bool "
               "mask of the available branches");
-  TORCH_CHECK(choice < 3, "mmnorm mixing_weights: choice must be < 3, got ",
+  TORCH_CHECK(choice < 3, "mmnorm switchable_norm: choice must be < 3, got ",
               choice);
   // half / bfloat16 lambdas: computed in float32, returned in their dtype
   const Tensor lam = is_exact(logits.scalar_type())
@@ -863,7 +806,7 @@ Tensor weights_from_logits(const Tensor& logits, const Tensor& available,
   const Tensor mask = available.contiguous();
   const bool* ok = mask.const_data_ptr<bool>();
   TORCH_CHECK(choice >= 0 || ok[0] || ok[1] || ok[2],
-              "mmnorm mixing_weights: no branch is available");
+              "mmnorm switchable_norm: no branch is available");
   Tensor out = at::empty({3}, lam.options());
   AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "mmnorm_weights", [&] {
     const scalar_t* l = lam.const_data_ptr<scalar_t>();
@@ -907,50 +850,129 @@ Tensor weights_backward(const Tensor& grad, const Tensor& weights,
   return out.to(weights.scalar_type());
 }
 
-std::tuple<Tensor, Tensor> mixing_weights_cpu(const Tensor& mean_logits,
-                                              const Tensor& var_logits,
-                                              const Tensor& available,
-                                              int64_t mean_choice,
-                                              int64_t var_choice) {
-  return {weights_from_logits(mean_logits, available, mean_choice),
-          weights_from_logits(var_logits, available, var_choice)};
-}
-
-class MixingWeightsFunction
-    : public torch::autograd::Function<MixingWeightsFunction> {
+// The layer's autograd node. With `available` the mixing weights are
+// derived from the lambdas inside the op (softmax, or a frozen one-hot
+// per choice >= 0), which saves a second op call and graph node per layer;
+// without it mean_param / var_param are the weights themselves.
+class SwitchableNormFunction
+    : public torch::autograd::Function<SwitchableNormFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& mean_logits,
-                               const Tensor& var_logits,
-                               const Tensor& available, int64_t mean_choice,
-                               int64_t var_choice) {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x,
+                               const std::optional<Tensor>& weight,
+                               const std::optional<Tensor>& bias,
+                               const Tensor& mean_param,
+                               const Tensor& var_param,
+                               const std::optional<Tensor>& running_mean,
+                               const std::optional<Tensor>& running_var,
+                               double eps, bool flat,
+                               const std::optional<Tensor>& available,
+                               int64_t mean_choice, int64_t var_choice) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [mean_w, var_w] = mixing_weights_cpu(mean_logits, var_logits,
-                                              available, mean_choice,
-                                              var_choice);
-    ctx->save_for_backward({mean_w, var_w});
+    const bool from_lambdas = available.has_value() && available->defined();
+    const Tensor mean_weight =
+        from_lambdas ? weights_from_logits(mean_param, *available, mean_choice)
+                     : mean_param;
+    const Tensor var_weight =
+        from_lambdas ? weights_from_logits(var_param, *available, var_choice)
+                     : var_param;
+    NormForward out = norm_forward(x, weight, bias, mean_weight, var_weight,
+                                   running_mean, running_var, eps, flat);
+    // The only large tensor saved is the input itself.
+    ctx->save_for_backward({x, out.mean_in, out.var_in, or_undefined(weight),
+                            or_undefined(bias), mean_weight, var_weight,
+                            or_undefined(running_mean),
+                            or_undefined(running_var)});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["flat"] = flat;
+    ctx->saved_data["from_lambdas"] = from_lambdas;
     ctx->saved_data["mean_choice"] = mean_choice;
     ctx->saved_data["var_choice"] = var_choice;
-    return {mean_w, var_w};
+    ctx->mark_non_differentiable({out.mean_bn, out.var_bn});
+    return {out.y, out.mean_bn, out.var_bn};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "mmnorm switchable_norm: double backward (create_graph=True) "
+                "is not supported by the compiled kernel; set "
+                "MMNORM_NO_KERNEL=1 to use the composed path");
     const variable_list saved = ctx->get_saved_variables();
-    return {weights_backward(grads[0], saved[0],
-                             ctx->saved_data["mean_choice"].toInt()),
-            weights_backward(grads[1], saved[1],
-                             ctx->saved_data["var_choice"].toInt()),
-            Tensor(), Tensor(), Tensor()};
+    const Tensor& x = saved[0];
+    const Tensor& mean_in = saved[1];
+    const Tensor& var_in = saved[2];
+    const auto weight = if_defined(saved[3]);
+    const auto bias = if_defined(saved[4]);
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const bool flat = ctx->saved_data["flat"].toBool();
+    const Tensor rows = stat_rows(x);
+    const int64_t m = rows.size(1);
+    // dense rows: autograd may hand over an expanded (stride-0) gradient
+    const Tensor dy_rows =
+        grads[0].to(rows.scalar_type()).reshape(rows.sizes()).contiguous();
+    const Tensor mean_flat = mean_in.reshape({rows.size(0)});
+    auto [dy_sum, dy_xc] = row_grad_sums(dy_rows, rows, mean_flat);
+    auto [coef_dy, coef_x, coef_one, grad_weight, grad_bias, grad_mean_w,
+          grad_var_w] =
+        sn_mix_backward(dy_sum, dy_xc, mean_in, var_in, saved[5], saved[6],
+                        if_defined(saved[7]), if_defined(saved[8]), weight,
+                        bias, eps, flat, m);
+    Tensor grad_x;
+    if (ctx->needs_input_grad(0)) {
+      grad_x = row_grad_input(dy_rows, rows, mean_flat, coef_dy, coef_x,
+                              coef_one)
+                   .view(x.sizes());
+      if (grad_x.scalar_type() != x.scalar_type()) {
+        grad_x = grad_x.to(x.scalar_type());
+      }
+    }
+    if (ctx->saved_data["from_lambdas"].toBool()) {
+      grad_mean_w = weights_backward(grad_mean_w, saved[5],
+                                     ctx->saved_data["mean_choice"].toInt());
+      grad_var_w = weights_backward(grad_var_w, saved[6],
+                                    ctx->saved_data["var_choice"].toInt());
+    }
+    return {grad_x,   weight ? grad_weight : Tensor(),
+            bias ? grad_bias : Tensor(),
+            grad_mean_w, grad_var_w,
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
+            Tensor()};
   }
 };
 
-std::tuple<Tensor, Tensor> mixing_weights_autograd(const Tensor& mean_logits,
-                                                   const Tensor& var_logits,
-                                                   const Tensor& available,
-                                                   int64_t mean_choice,
-                                                   int64_t var_choice) {
-  const variable_list out = MixingWeightsFunction::apply(
-      mean_logits, var_logits, available, mean_choice, var_choice);
-  return {out[0], out[1]};
+std::tuple<Tensor, Tensor, Tensor> switchable_norm_autograd(
+    const Tensor& x, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& bias, const Tensor& mean_weight,
+    const Tensor& var_weight, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& running_var, double eps, bool flat) {
+  const variable_list out = SwitchableNormFunction::apply(
+      x, weight, bias, mean_weight, var_weight, running_mean, running_var,
+      eps, flat, std::optional<Tensor>(), int64_t{-1}, int64_t{-1});
+  return {out[0], out[1], out[2]};
+}
+
+std::tuple<Tensor, Tensor, Tensor> switchable_norm_from_lambdas_autograd(
+    const Tensor& x, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& bias, const Tensor& mean_lambda,
+    const Tensor& var_lambda, const Tensor& available, int64_t mean_choice,
+    int64_t var_choice, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& running_var, double eps, bool flat) {
+  const variable_list out = SwitchableNormFunction::apply(
+      x, weight, bias, mean_lambda, var_lambda, running_mean, running_var,
+      eps, flat, std::optional<Tensor>(available), mean_choice, var_choice);
+  return {out[0], out[1], out[2]};
+}
+
+std::tuple<Tensor, Tensor, Tensor> switchable_norm_from_lambdas_cpu(
+    const Tensor& x, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& bias, const Tensor& mean_lambda,
+    const Tensor& var_lambda, const Tensor& available, int64_t mean_choice,
+    int64_t var_choice, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& running_var, double eps, bool flat) {
+  NormForward out = norm_forward(
+      x, weight, bias, weights_from_logits(mean_lambda, available, mean_choice),
+      weights_from_logits(var_lambda, available, var_choice), running_mean,
+      running_var, eps, flat);
+  return {out.y, out.mean_bn, out.var_bn};
 }
 
 }  // namespace
@@ -978,8 +1000,10 @@ TORCH_LIBRARY(mmnorm, m) {
       "Tensor mean_weight, Tensor var_weight, Tensor? running_mean, "
       "Tensor? running_var, float eps, bool flat) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "mixing_weights(Tensor mean_logits, Tensor var_logits, "
-      "Tensor available, int mean_choice, int var_choice) -> (Tensor, Tensor)");
+      "switchable_norm_from_lambdas(Tensor x, Tensor? weight, Tensor? bias, "
+      "Tensor mean_lambda, Tensor var_lambda, Tensor available, "
+      "int mean_choice, int var_choice, Tensor? running_mean, "
+      "Tensor? running_var, float eps, bool flat) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mmnorm, CPU, m) {
@@ -990,10 +1014,11 @@ TORCH_LIBRARY_IMPL(mmnorm, CPU, m) {
   m.impl("sn_mix_forward", sn_mix_forward);
   m.impl("sn_mix_backward", sn_mix_backward);
   m.impl("switchable_norm", switchable_norm_cpu);
-  m.impl("mixing_weights", mixing_weights_cpu);
+  m.impl("switchable_norm_from_lambdas", switchable_norm_from_lambdas_cpu);
 }
 
 TORCH_LIBRARY_IMPL(mmnorm, Autograd, m) {
   m.impl("switchable_norm", switchable_norm_autograd);
-  m.impl("mixing_weights", mixing_weights_autograd);
+  m.impl("switchable_norm_from_lambdas",
+         switchable_norm_from_lambdas_autograd);
 }
