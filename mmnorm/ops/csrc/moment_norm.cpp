@@ -11,7 +11,10 @@
 //   row_grad_input(dy, x, s, a, b, c) -> dy * a + (x - s) * b + c
 //
 // and, on the small (N, C) statistics, the mixing of Switchable
-// Normalization and its backward (sn_mix_forward, sn_mix_backward).
+// Normalization and its backward (sn_mix_forward, sn_mix_backward). The
+// layers call the last section's ops, switchable_norm and
+// switchable_norm_from_lambdas: the whole layer, built from the above, with
+// a C++ autograd node.
 //
 // Sums are accumulated in vector registers of the input type over short
 // blocks and folded into double after each block, so float32 rows of any
@@ -26,6 +29,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/irange.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -892,10 +896,33 @@ class SwitchableNormFunction
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "mmnorm switchable_norm: double backward (create_graph=True) "
-                "is not supported by the compiled kernel; set "
-                "MMNORM_NO_KERNEL=1 to use the composed path");
+    // Differentiable once, like the composed path (@once_differentiable):
+    // with create_graph=True the gradients come back attached to a node
+    // that raises if they are differentiated again.
+    const bool create_graph = at::GradMode::is_enabled();
+    variable_list out;
+    {
+      at::NoGradGuard no_grad;
+      out = first_order_backward(ctx, grads);
+    }
+    if (!create_graph) {
+      return out;
+    }
+    for (Tensor& grad : out) {
+      if (grad.defined()) {
+        grad = grad.detach();
+        grad.set_requires_grad(true);
+      }
+    }
+    return torch::autograd::DelayedError(
+        "mmnorm switchable_norm: second derivatives are not implemented "
+        "(SN/SSN layers are differentiable once)",
+        static_cast<int64_t>(out.size()))(std::move(out));
+  }
+
+ private:
+  static variable_list first_order_backward(AutogradContext* ctx,
+                                            const variable_list& grads) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor& x = saved[0];
     const Tensor& mean_in = saved[1];
