@@ -32,7 +32,7 @@ progress() {  # one short line per logged training interval, with the ETA
 say "1/4 synthetic COCO data in $DATA (seeded; generated once)"
 $PYTHON -c "from mmnorm.datasets import ensure_synthetic_coco as e; e('$DATA', seed=0, num_train=2000, num_val=50, inside=True, max_occlusion=0.5)"
 
-say "2/4 training $CONFIG with $NPROC CPU processes (about 14 minutes on 2 cores)"
+say "2/4 training $CONFIG with $NPROC CPU processes (about 12 minutes on 2 cores)"
 rm -rf "$WORK" && mkdir -p "$WORK"
 # torch.distributed.run gives every process one thread (OMP_NUM_THREADS=1)
 if ! PYTHON=$PYTHON PORT=${PORT:-29533} tools/dist_train.sh "$CONFIG" "$NPROC" \

