@@ -374,6 +374,18 @@ def test_op_from_lambdas_freezes_a_choice_with_zero_gradient():
 # fixed-source layers (frozen SSN) on the kernel
 
 
+def _paths_agree(layer, x, grad_out):
+    """Runs copies of ``layer`` on the kernel and on the composed path and
+    checks that outputs, gradients and buffers agree; returns the kernel
+    run."""
+    kernel = _run(copy.deepcopy(layer), x, grad_out, kernel=True)
+    composed = _run(copy.deepcopy(layer), x, grad_out, kernel=False)
+    for a, b in zip([*kernel[:2], *kernel[2], *kernel[3]],
+                    [*composed[:2], *composed[2], *composed[3]]):
+        _close(a, b, 1e-10)
+    return kernel
+
+
 @needs_kernel
 @pytest.mark.parametrize('mean_source', [0, 1, 2])
 @pytest.mark.parametrize('var_source', [0, 1, 2])
@@ -390,12 +402,7 @@ def test_fixed_source_norm_kernel_matches_composed(mean_source, var_source,
     layer.train(training)
     x = torch.randn(3, 5, 4, 4, dtype=torch.float64) * 2 + 1
     grad_out = torch.randn(3, 5, 4, 4, dtype=torch.float64)
-    kernel = _run(copy.deepcopy(layer), x, grad_out, kernel=True)
-    composed = _run(copy.deepcopy(layer), x, grad_out, kernel=False)
-    for a, b in zip(kernel[:2], composed[:2]):
-        _close(a, b, 1e-10)
-    for a, b in zip(kernel[2] + kernel[3], composed[2] + composed[3]):
-        _close(a, b, 1e-10)
+    _paths_agree(layer, x, grad_out)
 
 
 @needs_kernel
@@ -406,12 +413,7 @@ def test_fixed_ssn_kernel_matches_composed(source):
     layer.var_choice.fill_(source)
     x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
     grad_out = torch.randn(2, 6, 5, 5, dtype=torch.float64)
-    kernel = _run(copy.deepcopy(layer), x, grad_out, kernel=True)
-    composed = _run(copy.deepcopy(layer), x, grad_out, kernel=False)
-    for a, b in zip(kernel[:2], composed[:2]):
-        _close(a, b, 1e-10)
-    for a, b in zip(kernel[2] + kernel[3], composed[2] + composed[3]):
-        _close(a, b, 1e-10)
+    kernel = _paths_agree(layer, x, grad_out)
     # the frozen lambdas are in the graph (DDP) with exactly zero gradient
     for grad in kernel[2][:2]:
         assert grad is not None and not grad.any()
