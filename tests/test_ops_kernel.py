@@ -303,6 +303,20 @@ def test_gradcheck_through_the_kernel():
 
 
 @needs_kernel
+@pytest.mark.parametrize('training', [True, False])
+def test_no_grad_and_inference_mode_give_the_same_output(training):
+    layer = _randomize(SwitchableNorm(4)).train(training)
+    x = torch.randn(2, 4, 5, 5)
+    state = copy.deepcopy(layer.state_dict())
+    expected = layer(x).detach()
+    for context in (torch.no_grad, torch.inference_mode):
+        layer.load_state_dict(state)  # same running buffers each time
+        with context():
+            y = layer(x)
+        torch.testing.assert_close(y, expected, rtol=0, atol=0)
+
+
+@needs_kernel
 def test_second_derivatives_are_refused_when_taken():
     layer = _randomize(SwitchableNorm(3))
     x = torch.randn(2, 3, 4, requires_grad=True)

@@ -772,16 +772,6 @@ NormForward norm_forward(const Tensor& x, const std::optional<Tensor>& weight,
   return out;
 }
 
-std::tuple<Tensor, Tensor, Tensor> switchable_norm_cpu(
-    const Tensor& x, const std::optional<Tensor>& weight,
-    const std::optional<Tensor>& bias, const Tensor& mean_weight,
-    const Tensor& var_weight, const std::optional<Tensor>& running_mean,
-    const std::optional<Tensor>& running_var, double eps, bool flat) {
-  NormForward out = norm_forward(x, weight, bias, mean_weight, var_weight,
-                                 running_mean, running_var, eps, flat);
-  return {out.y, out.mean_bn, out.var_bn};
-}
-
 Tensor or_undefined(const std::optional<Tensor>& t) {
   return t.has_value() ? *t : Tensor();
 }
@@ -989,19 +979,6 @@ std::tuple<Tensor, Tensor, Tensor> switchable_norm_from_lambdas_autograd(
   return {out[0], out[1], out[2]};
 }
 
-std::tuple<Tensor, Tensor, Tensor> switchable_norm_from_lambdas_cpu(
-    const Tensor& x, const std::optional<Tensor>& weight,
-    const std::optional<Tensor>& bias, const Tensor& mean_lambda,
-    const Tensor& var_lambda, const Tensor& available, int64_t mean_choice,
-    int64_t var_choice, const std::optional<Tensor>& running_mean,
-    const std::optional<Tensor>& running_var, double eps, bool flat) {
-  NormForward out = norm_forward(
-      x, weight, bias, weights_from_logits(mean_lambda, available, mean_choice),
-      weights_from_logits(var_lambda, available, var_choice), running_mean,
-      running_var, eps, flat);
-  return {out.y, out.mean_bn, out.var_bn};
-}
-
 }  // namespace
 
 TORCH_LIBRARY(mmnorm, m) {
@@ -1040,11 +1017,12 @@ TORCH_LIBRARY_IMPL(mmnorm, CPU, m) {
   m.impl("row_grad_input", row_grad_input);
   m.impl("sn_mix_forward", sn_mix_forward);
   m.impl("sn_mix_backward", sn_mix_backward);
-  m.impl("switchable_norm", switchable_norm_cpu);
-  m.impl("switchable_norm_from_lambdas", switchable_norm_from_lambdas_cpu);
 }
 
-TORCH_LIBRARY_IMPL(mmnorm, Autograd, m) {
+// One kernel for every dispatch key: the autograd node's forward runs the
+// CPU computation (and checks the device), and without grad mode or under
+// inference mode Function::apply just runs that forward.
+TORCH_LIBRARY_IMPL(mmnorm, CompositeImplicitAutograd, m) {
   m.impl("switchable_norm", switchable_norm_autograd);
   m.impl("switchable_norm_from_lambdas",
          switchable_norm_from_lambdas_autograd);
