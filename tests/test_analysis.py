@@ -103,3 +103,57 @@ def test_hook_writes_jsonl_and_visualizer_scalars_then_plots(tmp_path):
         for ext in ('png', 'svg'):
             assert os.path.getsize(os.path.join(out, f'{figure}.{ext}')) > 0
     assert '| norm1 |' in result.stdout
+
+
+@pytest.mark.parametrize('title', ['', 'Mask R-CNN R18 SN (synthetic COCO)',
+                                   'A much longer title prefix that a user '
+                                   'might pass to the plotting tool'])
+def test_evolution_titles_do_not_overlap(tmp_path, monkeypatch, title):
+    """The titles of the two panels of ``ratios_evolution`` (and the
+    figure title) have disjoint boxes in the drawn figure, and no title
+    runs into the other panel."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from mmnorm.analysis.plots import plot_evolution
+
+    def record(step):
+        return {'mean': {'in': 0.5 - step, 'ln': 0.3, 'bn': 0.2 + step},
+                'var': {'in': 0.2, 'ln': 0.5 - step, 'bn': 0.3 + step}}
+
+    history = [(20 * i, {'a.norm': record(0.02 * i), 'b.norm': record(0.0)})
+               for i in range(1, 6)]
+    figures = []
+    monkeypatch.setattr(plt, 'close', figures.append)  # keep the figure
+    paths = plot_evolution(history, str(tmp_path / 'evolution'), title)
+    assert all(os.path.getsize(p) > 0 for p in paths)
+    fig, = figures
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.has_data()]
+    assert len(axes) == 2
+    wanted = {fig.get_suptitle()} | {ax.get_title(loc) for ax in axes
+                                     for loc in ('left', 'center', 'right')}
+    wanted.discard('')
+    titles = [t for t in fig.findobj(Text)
+              if t.get_visible() and t.get_text() in wanted]
+    assert {t.get_text() for t in titles} == wanted
+    assert len(titles) >= 2  # one per panel at least
+    boxes = [t.get_window_extent(renderer) for t in titles]
+    for i, box in enumerate(boxes):
+        for other in boxes[i + 1:]:
+            assert not box.overlaps(other), (box, other)
+    # a panel's title stays within its own panel's columns
+    for ax in axes:
+        panel = ax.get_window_extent(renderer)
+        for loc in ('left', 'center', 'right'):
+            text = ax.get_title(loc)
+            if text:
+                box, = [b for t, b in zip(titles, boxes)
+                        if t.get_text() == text and t.axes is ax]
+                assert panel.x0 - 1 <= box.x0 and box.x1 <= panel.x1 + 1
+    if title:
+        assert any(title in t for t in wanted)  # the title is still shown
+    plt.close(fig)

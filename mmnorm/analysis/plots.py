@@ -122,10 +122,13 @@ def plot_evolution(history: Sequence[tuple[int, Mapping[str, Record]]],
                     label=LABELS[branch], linewidth=2)
         ax.set_xlabel('iteration')
         ax.set_ylim(0, 1)
-        ax.set_title(f'{title} {"means" if kind == "mean" else "variances"}'
-                     ' (average over layers)'.strip(), loc='left')
+        # short panel titles; the caller's title once, above both panels
+        ax.set_title(f'{"means" if kind == "mean" else "variances"}'
+                     ' (average over layers)', loc='left')
         ax.grid(alpha=0.3)
     axes[0].set_ylabel('ratio')
+    if title:
+        fig.suptitle(title, x=0.01, ha='left')
     _finish(fig, axes[1])
     paths = _save(fig, out_prefix)
     plt.close(fig)
