@@ -19,16 +19,39 @@ SN models with the SN2d keep factor 0.9, i.e. ``momentum=0.1`` in mmnorm
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 # A lambda this negative gives the branch weight exp(-1e4) = 0: used for
 # the branch an official 2-entry layer does not have.
 ABSENT = -1e4
 _PER_CHANNEL = ('weight', 'bias', 'running_mean', 'running_var')
+
+
+def retype(module: nn.Module, cls: type, drop: tuple[str, ...] = (),
+           **attrs) -> nn.Module:
+    """A ``cls`` module holding ``module``'s parameters, buffers, children,
+    mode and attributes (the same tensors, not copies), ``drop`` removed
+    and ``attrs`` set.
+
+    For class pairs that differ in behaviour but not in state, such as
+    SN / SyncSN (the synchronized one only adds ``process_group``).
+    """
+    new = copy.copy(module)  # shallow: the tensors are shared
+    for table in ('_parameters', '_buffers', '_modules',
+                  '_non_persistent_buffers_set'):
+        if table in new.__dict__:
+            setattr(new, table, copy.copy(getattr(module, table)))
+    new.__class__ = cls
+    for name in drop:
+        new.__dict__.pop(name, None)
+    for name, value in attrs.items():
+        setattr(new, name, value)
+    return new
 
 
 def _norm_prefixes(state: Mapping[str, Tensor]) -> list[str]:

@@ -10,7 +10,7 @@ They deliberately do not subclass ``nn.SyncBatchNorm``: mmengine turns every
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -96,28 +96,27 @@ class SyncSparseSwitchableNorm(_SynchronizedBatchStats,
         self.process_group = process_group
 
 
-_TO_SYNC = {SwitchableNorm: SyncSwitchableNorm,
-            SparseSwitchableNorm: SyncSparseSwitchableNorm}
-_FROM_SYNC = {v: k for k, v in _TO_SYNC.items()}
+def _register_pairs() -> None:
+    from ..compat.registry import register_sync_pair
+    register_sync_pair(SwitchableNorm, SyncSwitchableNorm)
+    register_sync_pair(SparseSwitchableNorm, SyncSparseSwitchableNorm)
 
 
-def _swap(module: nn.Module, mapping: dict, **extra) -> nn.Module:
-    cls = mapping.get(type(module))
+_register_pairs()
+
+
+def _swap(module: nn.Module, target: Callable[[type], Optional[type]],
+          drop: tuple[str, ...] = (), **extra) -> nn.Module:
+    """Replace every layer whose exact class has a ``target`` class (the
+    module itself if it has one) by a ``target`` layer with the same
+    parameters, buffers, mode and attributes, ``drop`` removed and
+    ``extra`` set."""
+    cls = target(type(module))
     if cls is not None:
-        new = cls(module.num_features, eps=module.eps,
-                  momentum=module.momentum, affine=module.affine,
-                  using_bn=module.using_bn,
-                  using_moving_average=module.using_moving_average, **extra)
-        new.to(device=module.mean_weight.device,
-               dtype=module.mean_weight.dtype)
-        new.load_state_dict(module.state_dict())
-        for name, param in new.named_parameters():
-            param.requires_grad_(
-                getattr(module, name).requires_grad)
-        new.train(module.training)
-        return new
+        from ..converters import retype
+        return retype(module, cls, drop=drop, **extra)
     for name, child in module.named_children():
-        swapped = _swap(child, mapping, **extra)
+        swapped = _swap(child, target, drop, **extra)
         if swapped is not child:
             setattr(module, name, swapped)
     return module
@@ -125,14 +124,24 @@ def _swap(module: nn.Module, mapping: dict, **extra) -> nn.Module:
 
 def convert_sync_sn(module: nn.Module,
                     process_group: Optional[object] = None) -> nn.Module:
-    """Replace every SN / SSN layer by its synchronized version (in place
-    for children; returns the converted module). Call it before building
-    the optimizer and wrapping the model in DDP."""
-    if process_group is None:
-        return _swap(module, _TO_SYNC)
-    return _swap(module, _TO_SYNC, process_group=process_group)
+    """Replace every layer that has a registered synchronized version
+    (SN -> SyncSN, SSN -> SyncSSN, and pairs added with
+    :func:`mmnorm.compat.register_sync_pair`) by that version. Children are
+    replaced in place; returns the converted module. The new layers share
+    the old ones' parameter tensors. Call it before building the optimizer
+    and wrapping the model in DDP.
+
+    Args:
+        module: any module.
+        process_group: restrict the synchronization to this group
+            (default: the whole world).
+    """
+    from ..compat.registry import sync_version
+    return _swap(module, sync_version, process_group=process_group)
 
 
 def revert_sync_sn(module: nn.Module) -> nn.Module:
-    """Replace every SyncSN / SyncSSN layer by plain SN / SSN."""
-    return _swap(module, _FROM_SYNC)
+    """Replace every registered synchronized layer (SyncSN, SyncSSN, ...)
+    by its plain version."""
+    from ..compat.registry import local_version
+    return _swap(module, local_version, drop=('process_group',))
