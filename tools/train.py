@@ -20,6 +20,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 import mmnorm  # noqa: E402,F401  (layers, hooks, checkpoint and sync guards)
 from mmnorm.compat.checkpoint import refuse_unsafe_checkpoints  # noqa: E402
 from mmnorm.engine.launch import LAUNCHERS  # noqa: E402
+from mmnorm.engine.optim_wrapper import amp_optim_wrapper_type  # noqa: E402
 from mmnorm.engine.toolkits import build_runner, load_config  # noqa: E402
 
 
@@ -52,8 +53,14 @@ def build_cfg(args) -> Config:
         if not torch.cuda.is_available():
             raise SystemExit('--amp needs a GPU: mmengine\'s AmpOptimWrapper '
                              'does not run on CPU')
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
+        # mmnorm's lambda-clipping wrapper has its own AMP variant (one
+        # unscale_ before any clipping); plain wrappers get mmengine's
+        try:
+            cfg.optim_wrapper.type = amp_optim_wrapper_type(
+                cfg.optim_wrapper.get('type'))
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise SystemExit('--auto-scale-lr needs auto_scale_lr.'

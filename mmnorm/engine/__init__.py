@@ -6,10 +6,14 @@ from .hooks import (
     SSNRadiusHook,
 )
 from .optim import sn_paramwise_cfg
-from .optim_wrapper import MixingWeightClipOptimWrapper
+from .optim_wrapper import (
+    AmpMixingWeightClipOptimWrapper,
+    MixingWeightClipOptimWrapper,
+)
 from .population import recompute_population_stats
 
-__all__ = ['KalmanChainHook', 'MixingWeightClipOptimWrapper',
+__all__ = ['AmpMixingWeightClipOptimWrapper', 'KalmanChainHook',
+           'MixingWeightClipOptimWrapper',
            'PopulationStatsHook',
            'SNRatioLoggerHook', 'SSNRadiusHook', 'recompute_population_stats',
            'sn_paramwise_cfg']
