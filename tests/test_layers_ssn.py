@@ -144,11 +144,12 @@ def test_freeze_under_two_process_ddp(tmp_path):
 def test_fixed_layer_uses_only_its_statistics_and_matches_sn(mean_choice,
                                                              var_choice):
     from mmnorm import SwitchableNorm
-    from mmnorm.layers.fixed import FixedSourceMix
     ssn = _layer()
+    mix_learning = ssn._mix(False)
     ssn.mean_choice.fill_(mean_choice)
     ssn.var_choice.fill_(var_choice)
-    assert isinstance(ssn._mix(False), FixedSourceMix)
+    # freezing is device state only: the host-side mix stays the same
+    assert type(ssn._mix(False)) is type(mix_learning)
     sn = SwitchableNorm(5).double()
     sn.load_state_dict({k: v for k, v in ssn.state_dict().items()
                         if k in sn.state_dict()})

@@ -79,3 +79,152 @@ def test_gradcheck_at_generic_points():
 def test_negative_radius_is_refused():
     with pytest.raises(ValueError, match='radius'):
         sparsestmax(torch.ones(3), -0.1)
+
+
+def _reference_sparsemax(z):
+    """The host-side projection mmnorm used before (support size read
+    back, then one threshold)."""
+    sorted_z, _ = torch.sort(z, descending=True)
+    cumsum = sorted_z.cumsum(0)
+    ks = torch.arange(1, z.numel() + 1, dtype=z.dtype)
+    k = int((1 + ks * sorted_z > cumsum).sum())
+    return (z - (cumsum[k - 1] - 1) / k).clamp(min=0)
+
+
+def _reference_sparsestmax(z, radius, available=None):
+    """The recursive host-side SparsestMax mmnorm used before, with the
+    unavailable branches dropped by ``nonzero`` as the SSN layer did."""
+    if available is not None:
+        index = torch.nonzero(available).flatten()
+        sub = _reference_sparsestmax(z[index], radius)
+        return torch.zeros_like(z).index_put((index,), sub)
+    w = _reference_sparsemax(z)
+    remaining_sq = float(radius) ** 2
+    centre_prev = None
+    while True:
+        support = w > 0
+        size = int(support.sum())
+        if size == 1:
+            return w
+        centre = support.to(w.dtype) / size
+        if centre_prev is not None:
+            remaining_sq -= float((centre - centre_prev).square().sum())
+        if remaining_sq <= 0:
+            return w
+        r = remaining_sq ** 0.5
+        offset = w - centre
+        dist = offset.norm()
+        if dist >= r:
+            return w
+        if dist < 1e-6:
+            direction = torch.zeros_like(w)
+            direction[int(torch.nonzero(support)[0])] = 1.0
+            offset = direction - centre
+            dist = offset.norm()
+        pushed = centre + offset * (r / dist)
+        pushed = pushed + (1 - pushed.sum()) * centre
+        if bool((pushed >= 0).all()):
+            return pushed
+        w = _reference_sparsemax(pushed)
+        centre_prev = centre
+
+
+def _random_cases(k, count, generator):
+    """Logits of several scales, with ties and uniform vectors mixed in,
+    and radii over [0, 1.2] with the exact corners 0 and sqrt(2/3)."""
+    for i in range(count):
+        scale = (0.05, 0.5, 2.0)[i % 3]
+        z = torch.randn(k, dtype=torch.float64, generator=generator) * scale
+        if i % 7 == 0:
+            z = torch.full((k,), float(z[0]), dtype=torch.float64)
+        elif i % 5 == 0:
+            z[1] = z[0]  # a tie between two entries
+        radius = float(torch.rand((), generator=generator,
+                                  dtype=torch.float64)) * 1.2
+        if i % 11 == 0:
+            radius = (0.0, (2 / 3) ** 0.5)[i % 2]
+        yield z, radius
+
+
+@pytest.mark.parametrize('k', [2, 3, 4, 6])
+def test_branch_free_version_equals_the_recursive_reference(k):
+    gen = torch.Generator().manual_seed(k)
+    support_sizes = set()
+    for z, radius in _random_cases(k, 100, gen):
+        expected = _reference_sparsestmax(z, radius)
+        support_sizes.add(int((expected > 0).sum()))
+        torch.testing.assert_close(sparsestmax(z, radius), expected,
+                                   rtol=0, atol=1e-12)
+        # the radius as a 0-dim tensor gives the same
+        torch.testing.assert_close(
+            sparsestmax(z, torch.tensor(radius, dtype=torch.float64)),
+            expected, rtol=0, atol=1e-12)
+    # vertices, inner points and points pushed onto smaller faces alike
+    assert support_sizes == set(range(1, k + 1))
+
+
+def test_masked_entries_equal_the_reference_on_the_available_subset():
+    """The (N, C) case of SSN: no IN branch, done with a mask instead of
+    indexing the available entries."""
+    gen = torch.Generator().manual_seed(5)
+    masks = [torch.tensor(m) for m in ([False, True, True],
+                                       [True, False, True],
+                                       [False, True, False],
+                                       [True, True, True])]
+    for i, (z, radius) in enumerate(_random_cases(3, 200, gen)):
+        mask = masks[i % len(masks)]
+        got = sparsestmax(z, radius, mask)
+        torch.testing.assert_close(
+            got, _reference_sparsestmax(z, radius, mask), rtol=0, atol=1e-12)
+        assert bool((got[~mask] == 0).all())
+
+
+def test_a_batch_of_vectors_equals_one_by_one():
+    gen = torch.Generator().manual_seed(9)
+    cases = list(_random_cases(3, 60, gen))
+    z = torch.stack([c[0] for c in cases])
+    mask = torch.tensor([False, True, True])
+    for radius in (0.0, 0.3, 0.6, 0.9):
+        batch = sparsestmax(z, torch.tensor(radius, dtype=torch.float64),
+                            mask)
+        for row, got in zip(z, batch):
+            torch.testing.assert_close(
+                got, _reference_sparsestmax(row, radius, mask),
+                rtol=0, atol=1e-12)
+
+
+def test_float32_agrees_with_the_float64_reference():
+    gen = torch.Generator().manual_seed(4)
+    for z, radius in _random_cases(3, 100, gen):
+        expected = _reference_sparsestmax(z, radius).float()
+        got = sparsestmax(z.float(), torch.tensor(radius))
+        # both pick the same face; only rounding differs (a random radius
+        # is never within float32 rounding of a face boundary here)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_gradients_equal_those_of_the_reference():
+    gen = torch.Generator().manual_seed(6)
+    for z, radius in _random_cases(3, 120, gen):
+        mask = torch.tensor([bool(z[0] > -0.5), True, True])
+        a = z.clone().requires_grad_()
+        b = z.clone().requires_grad_()
+        g = torch.randn(3, dtype=torch.float64, generator=gen)
+        (sparsestmax(a, radius, mask) * g).sum().backward()
+        ref = _reference_sparsestmax(b, radius, mask)
+        if ref.requires_grad:
+            (ref * g).sum().backward()
+        else:  # pushed out of the centre in a fixed direction: constant
+            b.grad = torch.zeros_like(b)
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-9)
+        assert torch.isfinite(a.grad).all()
+
+
+def test_gradcheck_batched_with_a_mask():
+    z = torch.tensor([[1.2, 1.0, 0.9], [0.2, 0.9, 0.3], [0.3, 0.1, 0.2]],
+                     dtype=torch.float64, requires_grad=True)
+    for radius, mask in ((0.2, None), (0.6, torch.tensor([False, True, True])),
+                         (0.45, torch.tensor([True, True, False]))):
+        assert torch.autograd.gradcheck(
+            lambda t, r=radius, m=mask: sparsestmax(
+                t, torch.tensor(r, dtype=torch.float64), m), (z,))

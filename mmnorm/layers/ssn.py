@@ -16,34 +16,51 @@ graph with an exactly-zero gradient, so DDP with
 ``find_unused_parameters=False`` sees no unused parameter. State dicts
 store the one-hot in ``mean_weight``/``var_weight`` for fixed layers, like
 the authors' checkpoints, plus the choice buffers and the radius.
+
+Everything a training step does with this state happens on the device:
+SparsestMax runs branch-free, the one-hot and the learned weights are
+selected with ``torch.where`` on the choice buffers, and a new choice is
+written into them in place. No value is read back to the host and no
+Python value changes when a layer freezes, so a CUDA step does not wait on
+the GPU and ``torch.compile`` neither breaks the graph nor recompiles as
+the layers of a model freeze one after another. A frozen layer therefore
+still runs SN's statistics with one-hot weights; the cheaper dedicated
+modules for fixed layers come from :mod:`mmnorm.deploy` for inference.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ..ops.sparsestmax import sparsestmax
-from ..ops.switchable import SwitchableMix
-from .fixed import FixedSourceMix
 from .sn import SwitchableNorm
 
 _NOT_FIXED = -1
+_BN = 2  # index of the BN branch in [IN, LN, BN]
+
+# Until every SN base in use takes ``valid`` (see ``track_where``).
+_TRACK_TAKES_VALID = 'valid' in inspect.signature(
+    SwitchableNorm._track).parameters
 
 
-class _FrozenWeights(torch.autograd.Function):
-    """Returns a copy of the frozen ``(3,)`` one-hot whose gradient to the
-    lambdas is exactly zero (also when the incoming gradient is inf),
-    keeping a frozen lambda in the graph so that DDP counts it as used."""
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, one_hot: Tensor) -> Tensor:
-        return one_hot.clone()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return grad.new_zeros(grad.shape), None
+def track_where(layer: SwitchableNorm, batch_mean: Tensor,
+                batch_var: Tensor, valid: Tensor) -> None:
+    """``layer._track(batch_mean, batch_var)`` where the 0-dim bool tensor
+    ``valid`` is true, on the device. Where the SN base cannot skip by
+    itself, the batch statistics are replaced by the running ones, which
+    leaves the buffers' values unchanged."""
+    if _TRACK_TAKES_VALID:
+        SwitchableNorm._track(layer, batch_mean, batch_var, valid)
+        return
+    with torch.no_grad():
+        batch_mean = torch.where(valid, batch_mean.to(layer.running_mean),
+                                 layer.running_mean)
+        batch_var = torch.where(valid, batch_var.to(layer.running_var),
+                                layer.running_var)
+    SwitchableNorm._track(layer, batch_mean, batch_var)
 
 
 class SparseSwitchableNorm(SwitchableNorm):
@@ -71,12 +88,8 @@ class SparseSwitchableNorm(SwitchableNorm):
                              torch.full((), _NOT_FIXED, dtype=torch.long))
         self.register_buffer('var_choice',
                              torch.full((), _NOT_FIXED, dtype=torch.long))
-        self._fixed_mixes: dict = {}
-        self._one_hots: dict = {}
 
-    def _read_choices(self) -> tuple[int, int]:
-        return int(self.mean_choice), int(self.var_choice)
-
+    # Host reads: for users, logs and tests, never in forward.
     @property
     def mean_fixed(self) -> bool:
         return int(self.mean_choice) != _NOT_FIXED
@@ -96,72 +109,60 @@ class SparseSwitchableNorm(SwitchableNorm):
                              f'got {radius}')
         self.radius.fill_(radius)
 
-    def _weights(self, logits: Tensor, choice: Tensor, available: Tensor,
-                 record: bool) -> Tensor:
-        """(3,) weights from lambdas; with ``record``, a one-hot result
-        becomes the frozen choice."""
-        chosen = int(choice)
-        if chosen != _NOT_FIXED:
-            one_hot = self._one_hot(chosen, logits)
-            if torch.is_grad_enabled() and logits.requires_grad:
-                return _FrozenWeights.apply(logits, one_hot)
-            return one_hot.clone()  # the cache must not be handed out
-        index = torch.nonzero(available).flatten()
-        sub = sparsestmax(logits[index], float(self.radius))
-        weights = torch.zeros_like(logits).index_put((index,), sub)
-        if record and int((sub > 0).sum()) == 1:
-            choice.fill_(int(index[int(sub.argmax())]))
-        return weights
+    def _weights(self, flat: bool, record: bool) -> tuple[Tensor, Tensor]:
+        """``(3,)`` mean and variance weights from the lambdas.
 
-    def _one_hot(self, choice: int, like: Tensor) -> Tensor:
-        """The (3,) one-hot of ``choice``, cached: a fixed layer's forward
-        costs one small op for its weights."""
-        key = (choice, like.dtype, like.device)
-        one_hot = self._one_hots.get(key)
-        if one_hot is None:
-            one_hot = torch.zeros(3, dtype=like.dtype, device=like.device)
-            one_hot[choice] = 1.0
-            self._one_hots[key] = one_hot
-        return one_hot
-
-    def _mix(self, flat: bool) -> SwitchableMix:
-        """A fully fixed layer computes only the statistics it uses."""
-        choices = self._read_choices()
-        if _NOT_FIXED in choices:
-            return super()._mix(flat)
-        key = (*choices, flat)
-        if key not in self._fixed_mixes:
-            self._fixed_mixes[key] = FixedSourceMix(*key)
-        return self._fixed_mixes[key]
-
-    def _track(self, batch_mean: Tensor, batch_var: Tensor) -> None:
-        # A fixed layer that uses no BN statistics no longer computes them.
-        choices = self._read_choices()
-        if _NOT_FIXED not in choices and 2 not in choices:
-            return
-        super()._track(batch_mean, batch_var)
+        Per row of ``[mean, var]``: the one-hot of the choice buffer where
+        it is set, else SparsestMax of the lambda. A frozen row's lambda
+        enters SparsestMax detached, so its gradient is exactly 0 (a
+        ``torch.where`` selection, not a product: also for an inf incoming
+        gradient) while it stays in the graph. With ``record``, a one-hot
+        SparsestMax result becomes the row's choice (in place, on the
+        device).
+        """
+        logits = torch.stack([self.mean_weight, self.var_weight])
+        choices = torch.stack([self.mean_choice, self.var_choice])
+        frozen = (choices != _NOT_FIXED).unsqueeze(-1)
+        learned = sparsestmax(
+            torch.where(frozen, logits.detach(), logits),
+            self.radius, self._available(flat))
+        branches = torch.arange(logits.shape[-1], device=choices.device)
+        one_hot = (choices.unsqueeze(-1) == branches).to(logits.dtype)
+        weights = torch.where(frozen, one_hot, learned)
+        if record:
+            with torch.no_grad():
+                vertex = (learned > 0).sum(-1) == 1
+                new = torch.where(
+                    frozen.squeeze(-1), choices,
+                    torch.where(vertex, learned.argmax(-1), _NOT_FIXED))
+                self.mean_choice.copy_(new[0])
+                self.var_choice.copy_(new[1])
+        return weights[0], weights[1]
 
     def mixing_weights(self, flat: bool = False) -> tuple[Tensor, Tensor]:
-        available = self._available(flat)
-        return (self._weights(self.mean_weight, self.mean_choice, available,
-                              False),
-                self._weights(self.var_weight, self.var_choice, available,
-                              False))
-
-    def _kernel_weight_choices(self) -> Optional[tuple[int, int]]:
-        # Frozen one-hots only: SparsestMax stays in Python.
-        choices = self._read_choices()
-        return None if _NOT_FIXED in choices else choices
+        return self._weights(flat, record=False)
 
     def _forward_weights(self, flat: bool) -> tuple[Tensor, Tensor]:
-        available = self._available(flat)
         # A training step, also with norm_eval=True (eval mode while the
         # lambdas still learn); not validation/test, which run without grad.
         record = torch.is_grad_enabled() and self.mean_weight.requires_grad
-        return (self._weights(self.mean_weight, self.mean_choice, available,
-                              record),
-                self._weights(self.var_weight, self.var_choice, available,
-                              record))
+        return self._weights(flat, record)
+
+    def _kernel_weight_choices(self) -> Optional[tuple[int, int]]:
+        # Weights always come from _forward_weights (on the device); kept
+        # for SN bases that still ask.
+        return None
+
+    def _track(self, batch_mean: Tensor, batch_var: Tensor,
+               valid: Optional[Tensor] = None) -> None:
+        # A layer whose mean and variance are both frozen to a source other
+        # than BN no longer tracks BN statistics (decided on the device).
+        uses_bn = ((self.mean_choice == _NOT_FIXED)
+                   | (self.mean_choice == _BN)
+                   | (self.var_choice == _NOT_FIXED)
+                   | (self.var_choice == _BN))
+        track_where(self, batch_mean, batch_var,
+                    uses_bn if valid is None else uses_bn & valid)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
