@@ -332,3 +332,38 @@ def test_registered_and_built_by_name():
     name, layer = build_norm_layer(dict(type='KN', group_size=2), 8, 1)
     assert name == 'bn1' and isinstance(layer, KalmanNorm)
     assert layer.group_size == 2
+
+
+@pytest.mark.parametrize('with_prior', [False, True])
+def test_cumulative_average_equals_batch_norm(with_prior):
+    """momentum=None: the weight 1 / num_batches_tracked stays on the
+    device; the running averages equal BN's (prior weight 0: the combined
+    statistics are the observed ones)."""
+    kn = _kn(4, momentum=None, prior_weight=0.0 if with_prior else None)
+    if with_prior:
+        _with_prior(kn, in_channels=3)
+    bn = nn.BatchNorm2d(4, momentum=None)
+    for step in range(3):
+        x = torch.randn(5, 4, 3, 3) * (step + 1) + step
+        out = kn(x)
+        torch.testing.assert_close(out, bn(x), atol=1e-5, rtol=1e-5)
+    assert kn.kn_last_prior == ('combined' if with_prior else 'none')
+    assert int(kn.num_batches_tracked) == 3
+    torch.testing.assert_close(kn.running_mean, bn.running_mean)
+    torch.testing.assert_close(kn.running_var, bn.running_var)
+
+
+def test_diverged_prediction_leaves_gradients_equal_to_batch_norm():
+    """The combination that is not taken must not leak inf/NaN into the
+    gradients (torch.where selects; it does not multiply by 0)."""
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    kn = _kn(3)
+    _with_prior(kn)
+    kn.kn_link.state = (torch.full((1, 3), float('inf')), torch.ones(1, 3))
+    g = torch.randn_like(x)
+    kn(x).backward(g)
+    assert kn.kn_last_prior == 'diverged'
+    x2 = x.detach().clone().requires_grad_()
+    F.batch_norm(x2, None, None, kn.weight, kn.bias, True).backward(g)
+    torch.testing.assert_close(x.grad, x2.grad)
+    assert torch.isfinite(kn.running_var).all()

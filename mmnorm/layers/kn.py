@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops.kalman import (
     group_moments,
-    kalman_combine,
+    kalman_combine_where,
     linear_moments,
     moments_shape_ok,
     normalize,
@@ -100,7 +100,8 @@ class KalmanNorm(_BatchNorm):
         (remember ``kn_state``, the combined ``(mean, var)`` of the current
         pass, for successors) and ``kn_wired``. ``kn_last_prior`` records
         what the last training forward did: ``'none'``, ``'combined'`` or
-        ``'diverged'``.
+        ``'diverged'`` (read from the device when asked for: the forward
+        itself decides on the device and never waits for the decision).
     """
 
     _abbr_ = 'bn'
@@ -161,7 +162,17 @@ class KalmanNorm(_BatchNorm):
         self.kn_keep_state = False
         self.kn_wired = False
         self.kn_state: Optional[tuple[Tensor, Tensor]] = None
-        self.kn_last_prior = 'none'
+        # None: no prediction in the last training forward; else the 0-dim
+        # bool divergence decision on the device
+        self._kn_diverged: Optional[Tensor] = None
+
+    @property
+    def kn_last_prior(self) -> str:
+        """What the last training forward did with the prediction:
+        ``'none'``, ``'combined'`` or ``'diverged'`` (a host read)."""
+        if self._kn_diverged is None:
+            return 'none'
+        return 'diverged' if bool(self._kn_diverged) else 'combined'
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, prior_weight={self.prior_weight}, '
@@ -210,39 +221,55 @@ class KalmanNorm(_BatchNorm):
         prior_input = self.kn_link.source_state() if self.kn_link else None
         if prior_input is None and k == input.shape[0] \
                 and not self.kn_keep_state:
-            self.kn_last_prior = 'none'
-            return F.batch_norm(input, self.running_mean, self.running_var,
-                                self.weight, self.bias, True,
-                                self._average_factor() if update else 0.0,
-                                self.eps)
+            self._kn_diverged = None
+            return self._batch_norm(input, update)
         stats_input = input.float() if input.dtype in (
             torch.float16, torch.bfloat16) else input
         obs_mean, obs_var = group_moments(stats_input, k)
         prediction = self._predict(prior_input, obs_mean.shape[0])
         mean, var = obs_mean, obs_var
-        self.kn_last_prior = 'none'
+        diverged = None
         if prediction is not None:
-            if prior_diverges(prediction[1], obs_var, self.divergence_ratio,
-                              self.eps):
-                self.kn_last_prior = 'diverged'
-                prediction = None
-            else:
-                self.kn_last_prior = 'combined'
-                mean, var = kalman_combine(obs_mean, obs_var, *prediction,
-                                           self.prior_weight)
+            # decided and applied on the device, never read back here
+            diverged = prior_diverges(prediction[1], obs_var,
+                                      self.divergence_ratio, self.eps)
+            mean, var = kalman_combine_where(diverged, obs_mean, obs_var,
+                                             *prediction, self.prior_weight)
+        self._kn_diverged = diverged
         if self.kn_keep_state:
             self.kn_state = (mean, var)
         if update:
-            self._update_running(obs_mean, obs_var, prediction,
+            self._update_running(obs_mean, obs_var, prediction, diverged,
                                  k * input[0, 0].numel())
         out = normalize(stats_input, mean, var, self.eps, self.weight,
                         self.bias)
         return out.to(input.dtype)
 
-    def _average_factor(self) -> float:
+    def _average_factor(self) -> Union[float, Tensor]:
+        """The weight of the newest statistics in the running averages: a
+        0-dim tensor (no host read) for the cumulative average."""
         if self.momentum is None:
-            return 1.0 / float(self.num_batches_tracked)
+            return 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
         return self.momentum
+
+    def _batch_norm(self, input: Tensor, update: bool) -> Tensor:
+        """Plain BN in training mode (a layer without a prediction)."""
+        if not update or self.momentum is not None:
+            return F.batch_norm(input, self.running_mean, self.running_var,
+                                self.weight, self.bias, True,
+                                self.momentum if update else 0.0, self.eps)
+        # Cumulative average: the batch statistics (unbiased variance, as
+        # BN tracks it) go into scratch buffers with momentum 1, then into
+        # the running ones with the tensor weight 1 / num_batches_tracked.
+        batch_mean = torch.zeros_like(self.running_mean)
+        batch_var = torch.zeros_like(self.running_var)
+        out = F.batch_norm(input, batch_mean, batch_var, self.weight,
+                           self.bias, True, 1.0, self.eps)
+        factor = self._average_factor()
+        with torch.no_grad():
+            self.running_mean.lerp_(batch_mean, factor)
+            self.running_var.lerp_(batch_var, factor)
+        return out
 
     def _predict(self, prior_input: Optional[tuple[Tensor, Tensor]],
                  groups: int) -> Optional[tuple[Tensor, Tensor]]:
@@ -268,15 +295,16 @@ class KalmanNorm(_BatchNorm):
     @torch.no_grad()
     def _update_running(self, obs_mean: Tensor, obs_var: Tensor,
                         prediction: Optional[tuple[Tensor, Tensor]],
-                        count: int) -> None:
-        """Moving averages of the combined statistics, with the observed
-        variance made unbiased as BN does; averaged over groups."""
+                        diverged: Optional[Tensor], count: int) -> None:
+        """Moving averages of the combined statistics (the observed ones
+        where the prediction ``diverged``), with the observed variance made
+        unbiased as BN does; averaged over groups."""
         unbiased = obs_var * (count / (count - 1))
         if prediction is None:
             mean, var = obs_mean, unbiased
         else:
-            mean, var = kalman_combine(obs_mean, unbiased, *prediction,
-                                       self.prior_weight)
+            mean, var = kalman_combine_where(diverged, obs_mean, unbiased,
+                                             *prediction, self.prior_weight)
         factor = self._average_factor()
         self.running_mean.lerp_(mean.mean(0).to(self.running_mean.dtype),
                                 factor)

@@ -139,11 +139,32 @@ def kalman_combine(obs_mean: Tensor, obs_var: Tensor, pred_mean: Tensor,
 
 
 def prior_diverges(pred_var: Tensor, obs_var: Tensor, ratio: float,
-                   eps: float) -> bool:
+                   eps: float) -> Tensor:
     """One decision per layer: the mean over channels and groups of
-    ``var_pred / var_obs`` is at least ``ratio`` (or not finite)."""
+    ``var_pred / var_obs`` is at least ``ratio`` (or not finite).
+
+    Returns a 0-dim bool tensor on the statistics' device (not a Python
+    bool: the decision is applied with ``torch.where``, so a training step
+    does not wait for it)."""
     mean_ratio = (pred_var / (obs_var + eps)).mean()
-    return not bool(torch.isfinite(mean_ratio) & (mean_ratio < ratio))
+    return ~(torch.isfinite(mean_ratio) & (mean_ratio < ratio))
+
+
+def kalman_combine_where(diverged: Tensor, obs_mean: Tensor, obs_var: Tensor,
+                         pred_mean: Tensor, pred_var: Tensor,
+                         prior_weight: float) -> tuple[Tensor, Tensor]:
+    """:func:`kalman_combine`, or the observation itself where the 0-dim
+    bool ``diverged`` is true, selected on the device.
+
+    A diverged prediction (possibly inf or NaN) is replaced by the
+    observation before combining, so the branch that is not taken stays
+    finite and passes exactly zero gradient to the prediction."""
+    safe_mean = torch.where(diverged, obs_mean, pred_mean)
+    safe_var = torch.where(diverged, obs_var, pred_var)
+    mean, var = kalman_combine(obs_mean, obs_var, safe_mean, safe_var,
+                               prior_weight)
+    return (torch.where(diverged, obs_mean, mean),
+            torch.where(diverged, obs_var, var))
 
 
 def normalize(x: Tensor, mean: Tensor, var: Tensor, eps: float,
