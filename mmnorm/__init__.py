@@ -21,10 +21,14 @@ from .layers import (
     KalmanNorm,
     SparseSwitchableNorm,
     SwitchableNorm,
+    SwitchableWhitening,
     SyncSparseSwitchableNorm,
     SyncSwitchableNorm,
+    SyncSwitchableWhitening,
     convert_sync_sn,
+    convert_sync_sw,
     revert_sync_sn,
+    revert_sync_sw,
 )
 from .version import __version__
 
@@ -36,6 +40,8 @@ NORM_LAYERS = {
     'SyncSSN': SyncSparseSwitchableNorm,
     'IBN': IBN,
     'KN': KalmanNorm,
+    'SW': SwitchableWhitening,
+    'SyncSW': SyncSwitchableWhitening,
 }
 
 for _name, _cls in NORM_LAYERS.items():
