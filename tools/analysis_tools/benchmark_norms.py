@@ -23,23 +23,60 @@ is available; ``--composed`` also times them on the composed PyTorch path
 (the kernel switched off around their forward), in the same rounds, for
 before/after ratios.
 
+On a GPU (``--device cuda``) the layers are timed with CUDA events
+(warm-up, then the median of ``--repeats`` interleaved rounds, the L2
+cache flushed before every timed call, ``torch.cuda.synchronize`` only
+around the timed rounds) in each ``--dtype``: half tensors are fed as they
+are to mmnorm and to the native modules alike (no autocast: under autocast
+native ``group_norm`` runs in float32 and would make the casts that mmnorm
+avoids). The cases are SN, learning and fixed SSN, SyncSN (one process),
+KN and IBN against GroupNorm(32), BatchNorm, InstanceNorm and
+GroupNorm(1, C), at detection, segmentation and video shapes
+(:data:`CUDA_SHAPES`), with the GPU targets (:data:`CUDA_TARGETS`) judged
+at the bandwidth-bound shapes (at least 4M elements). ``--network`` adds a
+whole ResNet-50 training step (``resnet50_bench.py``) with SN, GN(32) or
+BN everywhere (under autocast for half dtypes, as ``--amp`` trains).
+
+Bytes model (``B`` = bytes of the ``(N, C, *)`` tensor; ``R``/``W`` a read
+or a write of it): a two-pass normalisation needs at least forward 2R+1W
+(statistics, then the affine output) and backward 4R+1W (row sums of
+``dy`` and ``dy * x``, then ``dx`` from ``dy`` and ``x``), 8B for a
+training step of the layer, which is what native GroupNorm moves. For
+every CUDA row the report gives ``units``: the measured time times the
+measured device-to-device copy bandwidth over ``B``, i.e. how many
+tensor-sized transfers the time is worth, against that minimum of 3
+(forward) and 8 (forward+backward).
+
     python tools/analysis_tools/benchmark_norms.py [--check] [--composed]
         [--out FILE]
+    python tools/analysis_tools/benchmark_norms.py --device cuda \
+        --dtype float32 float16 bfloat16 --network --out FILE
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable, Optional
 
-import torch
-from torch import nn
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                '..', '..'))  # mmnorm from this checkout
 
-from mmnorm import SparseSwitchableNorm, SwitchableNorm
-from mmnorm.ops import _kernel
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from mmnorm import (  # noqa: E402
+    IBN,
+    KalmanNorm,
+    SparseSwitchableNorm,
+    SwitchableNorm,
+    SyncSwitchableNorm,
+)
+from mmnorm.ops import _kernel  # noqa: E402
 
 SHAPES = [(8, 64, 56, 56), (2, 256, 100, 152), (16, 512, 14, 14)]
 TARGETS = dict(sn_vs_gn=1.5, naive_vs_sn=3.0, saved_vs_input=1.2,
@@ -239,13 +276,407 @@ def report(result: dict) -> str:
     return '\n'.join(lines)
 
 
+# --- GPU (and any-device) layer and network benchmark ---------------------
+
+#: name -> shape of the GPU cases: ResNet-50 classification at batch 32,
+#: detection at 800x1333 (FPN P2, C5, a mask head), segmentation at
+#: 512x1024 (dilated stage 4, stage 1), I3D video clips; and small ones
+CUDA_SHAPES = {
+    'cls-res2 32x256x56x56': (32, 256, 56, 56),
+    'cls-res5 32x2048x7x7': (32, 2048, 7, 7),
+    'det-P2 2x256x200x336': (2, 256, 200, 336),
+    'det-C5 2x2048x25x42': (2, 2048, 25, 42),
+    'det-mask 256x256x14x14': (256, 256, 14, 14),
+    'seg-D8 2x2048x64x128': (2, 2048, 64, 128),
+    'seg-res2 2x256x128x256': (2, 256, 128, 256),
+    'video-res2 4x256x16x56x56': (4, 256, 16, 56, 56),
+    'video-res5 4x2048x4x7x7': (4, 2048, 4, 7, 7),
+    'small 16x512x14x14': (16, 512, 14, 14),
+}
+#: GPU targets, judged where the tensor has at least BANDWIDTH_BOUND
+#: elements; the ResNet-50 step target holds at every setting
+CUDA_TARGETS = dict(sn_vs_gn=1.2, fixed_vs_native=1.1, network_sn_vs_gn=1.15)
+BANDWIDTH_BOUND = 4 * 2 ** 20
+#: a fixed SSN layer (mean source == variance source) -> native module name
+FIXED_NATIVE = {'IN': 'InstanceNorm', 'LN': 'GroupNorm(1, C)',
+                'BN': 'BatchNorm'}
+NETWORK_SETTINGS = ('32x224', '2x800x1333')
+MIN_UNITS = dict(forward=3, fwd_bwd=8)  # 2R+1W; + 4R+1W (see above)
+DTYPES = {'float32': torch.float32, 'float16': torch.float16,
+          'bfloat16': torch.bfloat16}
+
+
+def _sibling(name: str) -> Optional[Any]:
+    """Import ``tools/analysis_tools/<name>.py`` if it exists."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        f'{name}.py')
+    if not os.path.exists(path):
+        return None
+    spec = importlib.util.spec_from_file_location(f'_mmnorm_{name}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def device_implementations(channels: int, dim: int) -> dict[str, nn.Module]:
+    """Every case of the device benchmark for ``(N, channels, *)`` input
+    of rank ``dim`` (IBN only for 4D: it is a 2D-image layer)."""
+    bn = {3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[dim]
+    inorm = {3: nn.InstanceNorm1d, 4: nn.InstanceNorm2d,
+             5: nn.InstanceNorm3d}[dim]
+    mods = {'SN': SwitchableNorm(channels),
+            'SSN (learning)': SparseSwitchableNorm(channels),
+            'SyncSN (1 process)': SyncSwitchableNorm(channels),
+            'KN': KalmanNorm(channels)}
+    if dim == 4:
+        mods['IBN'] = IBN(channels)
+    for name, (source, _) in FIXED.items():
+        mods[f'SSN fixed ({name}, {name})'] = fixed_ssn(channels, source)
+    mods['GroupNorm(32)'] = nn.GroupNorm(32, channels)
+    mods['BatchNorm'] = bn(channels)
+    mods['InstanceNorm'] = inorm(channels, affine=True)
+    mods['GroupNorm(1, C)'] = nn.GroupNorm(1, channels)
+    return mods
+
+
+class _Timer:
+    """Times callables on ``device``: CUDA events on a GPU (the L2 cache
+    flushed before each call), ``perf_counter`` on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == 'cuda'
+        self.flush = (torch.empty(64 * 2 ** 20, dtype=torch.int32,
+                                  device=device) if self.cuda else None)
+
+    def run(self, fns: dict[str, Callable[[], None]], repeats: int,
+            warmup: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+        """Milliseconds per call of each function over ``repeats``
+        interleaved rounds, and the error of each that raised."""
+        errors: dict[str, str] = {}
+        for _ in range(max(warmup, 1)):
+            for name, fn in list(fns.items()):
+                try:
+                    fn()
+                except Exception as err:  # reported, not fatal
+                    errors[name] = f'{type(err).__name__}: {err}'[:300]
+                    del fns[name]
+        if self.cuda:
+            torch.cuda.synchronize()
+        marks: dict[str, list] = {name: [] for name in fns}
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                if self.cuda:
+                    self.flush.zero_()
+                    start = torch.cuda.Event(enable_timing=True)
+                    end = torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    fn()
+                    end.record()
+                    marks[name].append((start, end))
+                else:
+                    marks[name].append(1e3 * _timer(fn))
+        if self.cuda:
+            torch.cuda.synchronize()
+            return ({name: [s.elapsed_time(e) for s, e in pairs]
+                     for name, pairs in marks.items()}, errors)
+        return marks, errors
+
+
+def copy_bandwidth(device: torch.device) -> Optional[float]:
+    """Device-to-device copy bandwidth in bytes/s (read + write), the
+    median of 10 copies of 1 GiB; ``None`` off the GPU."""
+    if device.type != 'cuda':
+        return None
+    src = torch.empty(2 ** 28, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    times, _ = _Timer(device).run({'copy': lambda: dst.copy_(src)}, 10, 2)
+    return 2 * src.numel() * 4 / (statistics.median(times['copy']) / 1e3)
+
+
+def _judge(value: float, target: float, applies: bool) -> dict:
+    return dict(value=value, target=target,
+                passed=(value <= target) if applies else None)
+
+
+def bench_device_shape(name: str, shape: tuple[int, ...],
+                       device: torch.device, dtype: torch.dtype,
+                       repeats: int, warmup: int,
+                       bandwidth: Optional[float]) -> dict:
+    """Forward and forward+backward time of every case at one shape."""
+    torch.manual_seed(0)
+    x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn(shape, device=device, dtype=dtype)
+    mods = {k: m.to(device) for k, m in
+            device_implementations(shape[1], len(shape)).items()}
+    notes: dict[str, str] = {}
+    for key, m in mods.items():
+        if key.startswith(('GroupNorm', 'InstanceNorm')) \
+                and dtype != torch.float32:
+            try:  # native modules with float32 affine on half input?
+                m(x.detach())
+            except RuntimeError:
+                m.to(dtype)
+                notes[key] = f'parameters in {dtype}'.replace('torch.', '')
+
+    def forward(m):
+        return lambda: m(x)
+
+    def forward_backward(m):
+        def run():
+            x.grad = None
+            m.zero_grad(set_to_none=True)
+            m(x).backward(grad)
+        return run
+
+    fns = {}
+    for key, m in mods.items():
+        fns[(key, 'forward')] = forward(m)
+        fns[(key, 'fwd_bwd')] = forward_backward(m)
+    times, errors = _Timer(device).run(fns, repeats, warmup)
+    big = x.numel() * x.element_size()
+    rows: dict[str, dict] = {}
+    for key in mods:
+        row: dict[str, Any] = {}
+        for kind in ('forward', 'fwd_bwd'):
+            if (key, kind) in errors:
+                row['error'] = errors[(key, kind)]
+                continue
+            ms = statistics.median(times[(key, kind)])
+            row[f'{kind}_ms'] = ms
+            if bandwidth:
+                row[f'{kind}_units'] = ms / 1e3 * bandwidth / big
+                row[f'{kind}_min_units'] = MIN_UNITS[kind]
+        if key in notes:
+            row['note'] = notes[key]
+        rows[key] = row
+    if device.type == 'cuda':
+        from mmnorm.ops import dispatch
+        backend = dispatch.backend_for(x)
+    else:
+        backend = 'cpu_kernel' if _kernel.get() is not None else 'composed'
+
+    def ratio(a: str, b: str) -> Optional[float]:
+        ta = rows[a].get('fwd_bwd_ms')
+        tb = rows[b].get('fwd_bwd_ms')
+        return None if ta is None or tb is None else ta / tb
+
+    bound = x.numel() >= BANDWIDTH_BOUND
+    ratios = dict(sn_vs_gn=ratio('SN', 'GroupNorm(32)'),
+                  sn_vs_bn=ratio('SN', 'BatchNorm'),
+                  syncsn_vs_sn=ratio('SyncSN (1 process)', 'SN'),
+                  kn_vs_bn=ratio('KN', 'BatchNorm'))
+    if 'IBN' in rows:
+        ratios['ibn_vs_bn'] = ratio('IBN', 'BatchNorm')
+    targets = {}
+    if ratios['sn_vs_gn'] is not None:
+        targets['sn_vs_gn'] = _judge(ratios['sn_vs_gn'],
+                                     CUDA_TARGETS['sn_vs_gn'], bound)
+    for src, native in FIXED_NATIVE.items():
+        key = f'fixed_{src}_vs_native'
+        ratios[key] = ratio(f'SSN fixed ({src}, {src})', native)
+        if ratios[key] is not None:
+            targets[key] = _judge(ratios[key],
+                                  CUDA_TARGETS['fixed_vs_native'], bound)
+    return dict(name=name, shape=list(shape), numel=x.numel(),
+                dtype=str(dtype).replace('torch.', ''), backend=backend,
+                bandwidth_bound=bound, rows=rows, ratios=ratios,
+                targets=targets)
+
+
+def report_device(result: dict) -> str:
+    lines = [f"\n## {result['name']} {result['dtype']} "
+             f"({result['numel'] / 2 ** 20:.1f}M elements, mmnorm backend "
+             f"{result['backend']})",
+             '| case | forward ms | fwd+bwd ms | fwd+bwd units (min 8) |',
+             '|---|---|---|---|']
+    for key, row in result['rows'].items():
+        if 'error' in row:
+            lines.append(f"| {key} | error: {row['error'][:80]} | | |")
+            continue
+        units = row.get('fwd_bwd_units')
+        lines.append(f"| {key} | {row['forward_ms']:.3f} | "
+                     f"{row['fwd_bwd_ms']:.3f} | "
+                     f"{'-' if units is None else f'{units:.1f}'} |")
+    mark = {True: 'ok', False: 'MISSED', None: 'no target at this size'}
+    for key, t in result['targets'].items():
+        lines.append(f"{key}: {t['value']:.2f} (target <= {t['target']}, "
+                     f"{mark[t['passed']]})")
+    return '\n'.join(lines)
+
+
+def _parse_setting(setting: str) -> tuple[int, int, int]:
+    parts = [int(v) for v in setting.split('x')]
+    if len(parts) == 2:
+        parts.append(parts[1])
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError(f'benchmark_norms: a network setting is BATCHxSIZE '
+                         f'or BATCHxHxW, got {setting!r}')
+    return parts[0], parts[1], parts[2]
+
+
+def bench_network(settings: list[str], device: torch.device,
+                  dtype: torch.dtype, repeats: int, warmup: int,
+                  norms: tuple[str, ...] = ('SN', 'GN', 'BN')) -> list[dict]:
+    """One SGD training step of ResNet-50 with each norm everywhere;
+    half dtypes under autocast (float32 parameters), as ``--amp``."""
+    resnet = _sibling('resnet50_bench')
+    results = []
+    for setting in settings:
+        batch, height, width = _parse_setting(setting)
+        torch.manual_seed(0)
+        images = torch.randn(batch, 3, height, width, device=device)
+        labels = torch.randint(0, 1000, (batch,), device=device)
+        fns, models = {}, {}
+        for norm in norms:
+            model = resnet.resnet50(norm).to(device).train()
+            opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+            models[norm] = model
+
+            def step(model=model, opt=opt, images=images, labels=labels):
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=dtype,
+                                    enabled=dtype != torch.float32):
+                    logits = model(images)
+                loss = nn.functional.cross_entropy(logits.float(), labels)
+                loss.backward()
+                opt.step()
+            fns[norm] = step
+        times, errors = _Timer(device).run(fns, repeats, warmup)
+        rows = {norm: dict(step_ms=statistics.median(times[norm]))
+                if norm in times else dict(error=errors[norm])
+                for norm in norms}
+        sn, gn = rows['SN'].get('step_ms'), rows['GN'].get('step_ms')
+        ratios = dict(sn_vs_gn=None if sn is None or gn is None else sn / gn)
+        bn = rows.get('BN', {}).get('step_ms')
+        ratios['sn_vs_bn'] = None if sn is None or bn is None else sn / bn
+        targets = ({} if ratios['sn_vs_gn'] is None else dict(
+            sn_vs_gn=_judge(ratios['sn_vs_gn'],
+                            CUDA_TARGETS['network_sn_vs_gn'], True)))
+        results.append(dict(
+            setting=setting, dtype=str(dtype).replace('torch.', ''),
+            autocast=dtype != torch.float32,
+            model=('torchvision' if type(models['SN']).__module__
+                   .startswith('torchvision') else 'resnet50_bench'),
+            rows=rows, ratios=ratios, targets=targets))
+        del models, fns
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+    return results
+
+
+def report_network(result: dict) -> str:
+    lines = [f"\n## ResNet-50 training step {result['setting']} "
+             f"{result['dtype']}{' (autocast)' if result['autocast'] else ''}"
+             f" ({result['model']})", '| norm | step ms |', '|---|---|']
+    for norm, row in result['rows'].items():
+        lines.append(f"| {norm} | " + (f"{row['step_ms']:.1f} |"
+                                       if 'step_ms' in row else
+                                       f"error: {row['error'][:80]} |"))
+    for key, t in result['targets'].items():
+        lines.append(f"{key}: {t['value']:.2f} (target <= {t['target']}, "
+                     f"{'ok' if t['passed'] else 'MISSED'})")
+    return '\n'.join(lines)
+
+
+def run_whitening(device: str, dtypes: list[str],
+                  out: Optional[str]) -> Optional[Any]:
+    """The Switchable Whitening benchmark (``benchmark_whitening.py``,
+    written separately) with the same options, if it exists: called as
+    ``main(['--device', D, '--dtype', T..., '--out', FILE])``."""
+    module = _sibling('benchmark_whitening')
+    if module is None or not hasattr(module, 'main'):
+        return None
+    argv = ['--device', device, '--dtype', *dtypes]
+    if out:
+        argv += ['--out', out]
+    return module.main(argv)
+
+
+def main_device(args) -> int:
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('benchmark_norms: --device cuda but CUDA is not '
+                         'available')
+    repeats = args.repeats if args.repeats is not None else 20
+    warmup = args.warmup if args.warmup is not None else 5
+    if args.shapes:
+        shapes = {s: tuple(int(v) for v in s.split('x')) for s in args.shapes}
+    else:
+        shapes = CUDA_SHAPES
+    bandwidth = copy_bandwidth(device)
+    name = (torch.cuda.get_device_name(device) if device.type == 'cuda'
+            else 'cpu')
+    print(f"# Normalization benchmark on {name}: torch {torch.__version__}, "
+          f"dtypes {' '.join(args.dtype)}, median of {repeats} interleaved "
+          f"rounds after {warmup} warm-up rounds"
+          + (f', copy bandwidth {bandwidth / 1e12:.2f} TB/s' if bandwidth
+             else ''), flush=True)
+    results, network = [], []
+    for dtype_name in args.dtype:
+        dtype = DTYPES[dtype_name]
+        for label, shape in shapes.items():
+            result = bench_device_shape(label, shape, device, dtype,
+                                        repeats, warmup, bandwidth)
+            results.append(result)
+            print(report_device(result), flush=True)
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+        if args.network:
+            for result in bench_network(
+                    args.network_settings or list(NETWORK_SETTINGS), device,
+                    dtype, args.network_repeats, min(warmup, 3)):
+                network.append(result)
+                print(report_network(result), flush=True)
+    verdicts = [t['passed'] for r in results + network
+                for t in r['targets'].values() if t['passed'] is not None]
+    all_ok = all(verdicts)
+    print(f"\nTargets judged: {len(verdicts)}, met: {sum(verdicts)}; all "
+          f"met: {'yes' if all_ok else 'NO'}")
+    whitening = None
+    if args.whitening:
+        out = (os.path.splitext(args.out)[0] + '_whitening.json'
+               if args.out else None)
+        whitening = run_whitening(args.device, args.dtype, out)
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(torch=torch.__version__, device=name,
+                           copy_bandwidth_Bps=bandwidth, repeats=repeats,
+                           warmup=warmup, targets=CUDA_TARGETS,
+                           bandwidth_bound=BANDWIDTH_BOUND,
+                           min_units=MIN_UNITS, results=results,
+                           network=network, all_targets_met=all_ok,
+                           whitening_ran=whitening is not None), f,
+                      indent=2)
+    return 0 if all_ok or not args.check else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=15)
-    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=None,
+                        help='timed rounds (default 15; 20 with --device)')
+    parser.add_argument('--warmup', type=int, default=None,
+                        help='warm-up rounds (default 3; 5 with --device)')
     parser.add_argument('--shapes', nargs='*', default=None,
-                        help='shapes like 8x64x56x56 (default: ResNet-50)')
+                        help='shapes like 8x64x56x56 (default: ResNet-50; '
+                        'with --device: CUDA_SHAPES)')
+    parser.add_argument('--device', default=None,
+                        help='cuda (or cpu) for the device benchmark: '
+                        'CUDA-event timing, every layer, --dtype; without '
+                        'it, the CPU benchmark of before')
+    parser.add_argument('--dtype', nargs='+', choices=tuple(DTYPES),
+                        default=['float32'],
+                        help='input dtype(s) of the device benchmark')
+    parser.add_argument('--network', action='store_true',
+                        help='device benchmark: also a ResNet-50 training '
+                        'step with SN, GN(32) and BN everywhere')
+    parser.add_argument('--network-settings', nargs='*', default=None,
+                        help='BATCHxSIZE or BATCHxHxW (default: 32x224 '
+                        '2x800x1333)')
+    parser.add_argument('--network-repeats', type=int, default=10)
+    parser.add_argument('--no-whitening', dest='whitening',
+                        action='store_false',
+                        help='device benchmark: skip benchmark_whitening.py')
     parser.add_argument('--out', help='also write the results as JSON')
     parser.add_argument('--check', action='store_true',
                         help='exit 1 if a target is missed')
@@ -256,9 +687,15 @@ def main(argv=None) -> int:
                         help='also time mmnorm layers on the composed '
                         'PyTorch path (compiled kernel off)')
     args = parser.parse_args(argv)
-    if args.repeats < 1:
+    if args.repeats is not None and args.repeats < 1:
         parser.error('--repeats must be >= 1')
+    if args.dtype != ['float32'] and args.device is None:
+        parser.error('--dtype needs --device (the CPU benchmark is fp32)')
     torch.set_num_threads(args.threads)
+    if args.device is not None:
+        return main_device(args)
+    args.repeats = 15 if args.repeats is None else args.repeats
+    args.warmup = 3 if args.warmup is None else args.warmup
     shapes = ([tuple(int(v) for v in s.split('x')) for s in args.shapes]
               if args.shapes else SHAPES)
     kernel = 'on' if _kernel.get() is not None else 'UNAVAILABLE'
