@@ -20,11 +20,14 @@ SN models with the SN2d keep factor 0.9, i.e. ``momentum=0.1`` in mmnorm
 from __future__ import annotations
 
 import copy
+import inspect
+import logging
 import math
-from typing import Mapping
+from typing import Callable, Mapping, MutableSequence, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 # A lambda this negative gives the branch weight exp(-1e4) = 0: used for
 # the branch an official 2-entry layer does not have.
@@ -171,3 +174,411 @@ def convert_official_ibn(state: Mapping[str, Tensor],
         if keep_head or not key.startswith('fc.'):
             out[key] = value
     return out
+
+
+# ---------------------------------------------------------------------------
+# Module-level conversion: the machinery shared by convert_norms /
+# revert_norms, convert_sync_sn, the toolkits' BN loaders (patched in
+# mmnorm.compat) and collapse_fixed_norms.
+
+#: Entries of a BN layer's state dict.
+BN_ENTRIES = ('weight', 'bias', 'running_mean', 'running_var',
+              'num_batches_tracked')
+#: BN entries whose absence from an old checkpoint is normal.
+OPTIONAL_BN_ENTRIES = ('num_batches_tracked',)
+
+
+def replace_modules(module: nn.Module,
+                    make: Callable[[nn.Module], Optional[nn.Module]]
+                    ) -> nn.Module:
+    """Replace, depth first, every module for which ``make`` returns a
+    module (``None``: keep it and look inside). Children are replaced in
+    place; returns ``module`` or its replacement. The traversal of
+    :func:`convert_norms`, :func:`revert_norms` and
+    :func:`mmnorm.convert_sync_sn`."""
+    new = make(module)
+    if new is not None:
+        return new
+    for name, child in module.named_children():
+        swapped = replace_modules(child, make)
+        if swapped is not child:
+            setattr(module, name, swapped)
+    return module
+
+
+def _accepts_bn_state(layer: nn.Module) -> bool:
+    from .compat.registry import lookup
+    info = lookup(layer)
+    return info.bn_shaped if info is not None \
+        else isinstance(layer, _BatchNorm)
+
+
+def bn_state_for(layer: nn.Module, entries: Mapping[str, Tensor]
+                 ) -> dict[str, Tensor]:
+    """One BN layer's checkpoint entries (local keys ``weight``, ``bias``,
+    ``running_mean``, ``running_var``, ``num_batches_tracked``; those
+    present) as entries of ``layer``'s state dict.
+
+    A BN-shaped layer (SN, SSN, KN, BN) takes them as they are; a layer
+    with a registered BN loader (IBN: the first/last channels to ``IN``,
+    the others to ``BN``) through it.
+
+    Raises:
+        ValueError: ``layer`` is neither.
+    """
+    from .compat.registry import bn_loader
+    loader = bn_loader(layer)
+    if loader is not None:
+        return dict(loader(layer, entries))
+    if _accepts_bn_state(layer):
+        return {k: v for k, v in entries.items() if k in BN_ENTRIES}
+    raise ValueError(
+        f'{type(layer).__name__} cannot take the entries of a BatchNorm '
+        'checkpoint: it is not BN-shaped (register_norm_layer(..., '
+        'bn_shaped=True)) and registers no BN loader '
+        '(mmnorm.compat.register_bn_loader). Load a checkpoint of this '
+        'layer type instead.')
+
+
+def ibn_from_bn(layer: nn.Module, entries: Mapping[str, Tensor]
+                ) -> dict[str, Tensor]:
+    """BN loader of :class:`mmnorm.IBN`: BN's per-channel entries, split
+    at IBN's boundary: the ``IN`` part's channels get their affine
+    ``weight``/``bias`` (IN keeps no statistics), the ``BN`` part all
+    five entries of its channels. Entries of another length are passed on
+    under the ``BN.`` key, so the caller reports their shape."""
+    channels, k = layer.num_features, layer.in_channels
+    in_part = slice(0, k) if layer.in_first else slice(channels - k, None)
+    bn_part = slice(k, None) if layer.in_first else slice(0, channels - k)
+    out = {}
+    for name, value in entries.items():
+        if value.dim() != 1 or value.shape[0] != channels:
+            out[f'BN.{name}'] = value
+            continue
+        if name in ('weight', 'bias'):
+            out[f'IN.{name}'] = value[in_part].clone()
+        out[f'BN.{name}'] = value[bn_part].clone()
+    return out
+
+
+def _checkpoint_entries(layer: nn.Module, state: Mapping[str, Tensor],
+                        module_name: str) -> tuple[dict, dict]:
+    """``layer``'s entries from ``state`` (its own keys where the
+    checkpoint has them, else derived from BN's) and, per entry, the
+    checkpoint keys it came from."""
+    prefix = f'{module_name}.' if module_name else ''
+    own_names = list(layer.state_dict(keep_vars=True))
+    entries, sources = {}, {}
+    for name in own_names:
+        if prefix + name in state:
+            entries[name] = state[prefix + name]
+            sources[name] = [prefix + name]
+    bn = {e: state[prefix + e] for e in BN_ENTRIES
+          if prefix + e in state and e not in entries}
+    if bn and not any(n.startswith(('IN.', 'BN.')) for n in entries):
+        for name, value in bn_state_for(layer, bn).items():
+            if name not in entries:
+                entries[name] = value
+                sources[name] = [prefix + e for e in bn]
+    return entries, sources
+
+
+def _expected_from_bn(layer: nn.Module) -> set[str]:
+    """The entries a complete BN checkpoint would give ``layer``."""
+    channels = getattr(layer, 'num_features', None)
+    if not isinstance(channels, int):
+        return set()
+    full = {e: torch.zeros(channels) for e in BN_ENTRIES
+            if e not in OPTIONAL_BN_ENTRIES}
+    try:
+        return set(bn_state_for(layer, full))
+    except ValueError:
+        return set()
+
+
+def _uniform_lambdas(layer: nn.Module, names: list[str]) -> bool:
+    lambdas = [getattr(layer, n) for n in names
+               if n in ('mean_weight', 'var_weight')]
+    return bool(lambdas) and all(
+        bool((lam == lam.flatten()[0]).all()) for lam in lambdas)
+
+
+def load_bn_entries(layer: nn.Module, state: Mapping[str, Tensor],
+                    module_name: str, used: MutableSequence[str],
+                    action: str = 'load',
+                    logger: Optional[logging.Logger] = None) -> None:
+    """Initialise ``layer`` from the checkpoint layer ``module_name``: the
+    contract of mmaction2's ``ResNet._load_bn_params`` and
+    ``ResNet3d._inflate_bn_params``, for any registered layer.
+
+    * The layer's own entries are copied where the checkpoint has them
+      (an SN / IBN checkpoint: mixing weights, ``bn1.IN.weight``, ...);
+    * otherwise from the BN entries through :func:`bn_state_for` (a BN
+      checkpoint: SN takes BN's affine parameters and statistics, its
+      mixing weights keep their initialisation);
+    * every layer gets one log line naming what was copied and what kept
+      its initialisation; a missing or wrongly shaped BN entry is a
+      warning. Nothing is skipped without a log line.
+
+    Args:
+        layer: the model's norm layer.
+        state: the checkpoint's state dict.
+        module_name: the checkpoint layer's name, e.g. ``'bn1'``.
+        used: the caller's list of checkpoint keys used (appended to).
+        action: the verb of the log line (``'load'``, ``'inflate'``).
+        logger: default mmengine's current logger.
+    """
+    if logger is None:
+        from mmengine.logging import MMLogger
+        logger = MMLogger.get_current_instance()
+    entries, sources = _checkpoint_entries(layer, state, module_name)
+    targets = layer.state_dict(keep_vars=True)
+    expected = _expected_from_bn(layer)
+    order = sorted(targets, key=lambda n: (n not in expected, n))
+    copied, absent, mismatched, bad = [], [], [], False
+    for name in order:
+        tensor, source = targets[name], entries.get(name)
+        if source is None:
+            absent.append(name)
+            bad = bad or (name in expected and not name.endswith(
+                OPTIONAL_BN_ENTRIES))
+            continue
+        if tuple(source.shape) != tuple(tensor.shape):
+            mismatched.append(f'{name} {tuple(source.shape)} in the '
+                              f'checkpoint vs {tuple(tensor.shape)}')
+            bad = bad or name in expected
+            continue
+        with torch.no_grad():
+            tensor.copy_(source)
+        copied.append(name)
+        for key in sources[name]:
+            if key not in used:
+                used.append(key)
+    parts = [f'{action} {module_name} into {type(layer).__name__}: copied '
+             f"{', '.join(copied) or 'nothing'}"]
+    if absent:
+        parts.append('not in the checkpoint, left unchanged: '
+                     f"{', '.join(absent)}")
+    if mismatched:
+        parts.append(f"wrong shape, left unchanged: {'; '.join(mismatched)}")
+    kept = absent + [m.split(' ', 1)[0] for m in mismatched]
+    if _uniform_lambdas(layer, kept):
+        parts.append('mixing weights as initialized (uniform over IN/LN/BN)')
+    if any(m.startswith(('mean_weight ', 'var_weight ')) for m in mismatched):
+        parts.append('an official SN checkpoint? convert it first with '
+                     'tools/model_converters/official_sn_to_mmnorm.py')
+    level = logging.WARNING if bad or mismatched else logging.INFO
+    logger.log(level, '; '.join(parts))
+
+
+def adapt_bn_state_dict(model: nn.Module, state: Mapping[str, Tensor]
+                        ) -> Mapping[str, Tensor]:
+    """``state`` with the BN entries of every layer of ``model`` that has
+    a BN loader and none of its own keys in ``state`` replaced by that
+    layer's entries (:func:`bn_state_for`); ``state`` itself if there are
+    none. For loaders that match keys (``load_state_dict``)."""
+    from .compat.registry import bn_loader
+    out = None
+    for name, layer in model.named_modules():
+        if bn_loader(layer) is None:
+            continue
+        prefix = f'{name}.' if name else ''
+        if any(prefix + k in state for k in layer.state_dict()):
+            continue
+        bn = {e: state[prefix + e] for e in BN_ENTRIES if prefix + e in state}
+        if not bn:
+            continue
+        if out is None:
+            out = type(state)(state) if isinstance(state, dict) \
+                else dict(state)
+            metadata = getattr(state, '_metadata', None)
+            if metadata is not None:
+                out._metadata = metadata
+        for e in bn:
+            out.pop(prefix + e)
+        out.update({prefix + k: v for k, v in bn_state_for(layer, bn).items()})
+    return state if out is None else out
+
+
+def _mixing_logits(bn_ratio: float) -> Tensor:
+    """:func:`bn_mixing_logits`, and for ``bn_ratio=1`` BN alone (the other
+    branches get weight exactly 0)."""
+    if bn_ratio == 1:
+        return torch.tensor([ABSENT, ABSENT, 0.0])
+    return bn_mixing_logits(bn_ratio)
+
+
+_FROM_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _is_source(module: nn.Module, kinds: tuple[type, ...]) -> bool:
+    from .compat.registry import is_norm_layer
+    return (not is_norm_layer(module)
+            and (type(module) in kinds
+                 or (isinstance(module, _BatchNorm)
+                     and not isinstance(module, nn.SyncBatchNorm)
+                     and _FROM_BN[0] in kinds
+                     and type(module).__name__ == '_BatchNormXd')))
+
+
+def _build_target(cfg: Mapping, source: nn.Module) -> nn.Module:
+    from mmengine.registry import MODELS
+    cfg = dict(cfg)
+    kind = cfg.pop('type', None)
+    cls = MODELS.get(kind) if isinstance(kind, str) else kind
+    if not isinstance(cls, type):
+        raise ValueError(f'convert_norms: cfg type {kind!r} is not a '
+                         "registered layer; use a name such as 'SN', "
+                         "'SSN', 'SyncSN', 'IBN', 'KN' (import mmnorm "
+                         'first) or a layer class')
+    if isinstance(source, nn.GroupNorm):
+        channels, carried = source.num_channels, dict(
+            eps=source.eps, affine=source.affine)
+    else:
+        channels, carried = source.num_features, dict(
+            eps=source.eps, momentum=source.momentum, affine=source.affine)
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values()) \
+        and 'unknown' not in params
+    for key, value in carried.items():
+        if key not in cfg and (key in params or takes_any):
+            cfg[key] = value
+    return cls(channels, **cfg)
+
+
+def convert_norms(model: nn.Module, cfg: Optional[Mapping] = None, *,
+                  sync_bn: bool = False, group_norm: bool = False,
+                  bn_ratio: Optional[float] = None,
+                  process_group: Optional[object] = None) -> nn.Module:
+    """Replace the BatchNorm layers of any model by mmnorm layers.
+
+    Works on any ``nn.Module`` (torchvision or timm models, not only
+    OpenMMLab ones), in the style of ``SyncBatchNorm.
+    convert_sync_batchnorm``: children are replaced in place and the
+    (possibly new) top module is returned. Each new layer is built from
+    ``cfg`` through mmengine's ``MODELS`` registry with the old layer's
+    channel count, ``eps``, ``momentum`` and ``affine`` (unless ``cfg``
+    sets them), takes the old layer's ``weight``, ``bias`` and running
+    statistics (:func:`bn_state_for`, so IBN splits them), its device,
+    dtype, mode and ``requires_grad``, and remembers the class it replaced
+    (``converted_from``) for :func:`revert_norms`.
+
+    Args:
+        model: the model.
+        cfg: the new layer, e.g. ``dict(type='SN')`` (default),
+            ``dict(type='SSN')``, ``dict(type='IBN', ratio=0.5)``.
+        sync_bn: also replace ``nn.SyncBatchNorm`` (by ``cfg``'s layer; use
+            ``type='SyncSN'`` for a synchronized one).
+        group_norm: also replace ``nn.GroupNorm`` (affine parameters only:
+            the new layer's running statistics keep their initial values).
+        bn_ratio: initial BN share of SN/SSN mixing weights (as in
+            :func:`bn_to_switchable`); default: the layer's own
+            initialisation (uniform over IN, LN, BN). ``1`` makes the SN
+            layer compute exactly what the BN layer computed.
+        process_group: for synchronized layers.
+
+    Returns:
+        The converted model. Layers that are already mmnorm layers, and
+        any other module, are left alone.
+    """
+    cfg = dict(type='SN') if cfg is None else cfg
+    kinds = _FROM_BN + ((nn.SyncBatchNorm,) if sync_bn else ()) \
+        + ((nn.GroupNorm,) if group_norm else ())
+    logits = None if bn_ratio is None else _mixing_logits(bn_ratio)
+
+    def make(module: nn.Module) -> Optional[nn.Module]:
+        if not _is_source(module, kinds):
+            return None
+        new = _build_target(cfg, module)
+        keep = ('weight', 'bias') if isinstance(module, nn.GroupNorm) \
+            else BN_ENTRIES
+        entries = {k: v for k, v in module.state_dict().items() if k in keep}
+        target = new.state_dict(keep_vars=True)
+        for name, value in bn_state_for(new, entries).items():
+            if name not in target or target[name].shape != value.shape:
+                raise ValueError(
+                    f'convert_norms: {type(new).__name__} has no entry '
+                    f'{name!r} of shape {tuple(value.shape)} for the '
+                    f'{type(module).__name__} it replaces')
+            with torch.no_grad():
+                target[name].copy_(value)
+        if logits is not None and hasattr(new, 'mean_weight'):
+            with torch.no_grad():
+                new.mean_weight.copy_(logits)
+                new.var_weight.copy_(logits)
+        if process_group is not None and hasattr(new, 'process_group'):
+            new.process_group = process_group
+        frozen = getattr(module, 'weight', None) is not None \
+            and not module.weight.requires_grad
+        if frozen:
+            for param in new.parameters():
+                param.requires_grad_(False)
+        reference = next(module.parameters(), None)
+        if reference is None:
+            reference = next(module.buffers(), None)
+        if reference is not None:
+            new.to(device=reference.device, dtype=reference.dtype)
+        new.train(module.training)
+        new.converted_from = type(module)
+        return new
+
+    return replace_modules(model, make)
+
+
+def _exactly_bn(layer: nn.Module) -> bool:
+    """Whether ``layer`` computes exactly what BatchNorm computes."""
+    from .layers.fixed import FixedSourceNorm
+    if isinstance(layer, FixedSourceNorm):
+        return layer.mean_source == layer.var_source == 2
+    from .layers import SparseSwitchableNorm, SwitchableNorm
+    if isinstance(layer, SparseSwitchableNorm) and layer.fixed:
+        return int(layer.mean_choice) == int(layer.var_choice) == 2
+    if isinstance(layer, SwitchableNorm) and layer.using_bn:
+        with torch.no_grad():
+            weights = [w for flat in (False, True)
+                       for w in layer.mixing_weights(flat)]
+        return all(bool((w[:2] == 0).all()) and float(w[2]) == 1.0
+                   for w in weights)
+    return False
+
+
+def revert_norms(model: nn.Module, strict: bool = True) -> nn.Module:
+    """The reverse of :func:`convert_norms` where it is exact: every mmnorm
+    layer that computes exactly BatchNorm (SN / SyncSN whose mixing
+    weights are BN alone, SSN fixed to BN / BN, ``FixedSourceNorm(BN,
+    BN)``) becomes the BN class it replaced (``converted_from``; else the
+    ``nn.BatchNorm1d/2d/3d`` of the last input rank) with the same
+    parameters, statistics, mode and ``requires_grad``.
+
+    Args:
+        strict: raise if another mmnorm layer is left (IBN, KN, SN with
+            mixed statistics: no BN computes the same); False leaves
+            them.
+
+    Raises:
+        ValueError: with ``strict``, naming the layers left.
+    """
+    from .compat.registry import is_norm_layer
+    from .deploy import native_bn
+    left = []
+    for name, layer in model.named_modules():
+        if is_norm_layer(layer) and not _exactly_bn(layer) and not any(
+                name.startswith(n + '.') for n in left):
+            left.append(name or type(layer).__name__)
+    if strict and left:
+        raise ValueError(
+            'revert_norms: these mmnorm layers do not compute BatchNorm, so '
+            f'no BatchNorm can replace them exactly: {left[:5]}'
+            f"{' and more' if len(left) > 5 else ''}. Pass strict=False to "
+            'keep them.')
+
+    def make(module: nn.Module) -> Optional[nn.Module]:
+        if not (is_norm_layer(module) and _exactly_bn(module)):
+            return None
+        new = native_bn(module, getattr(module, 'converted_from', None))
+        new.train(module.training)
+        for param_name, param in new.named_parameters():
+            param.requires_grad_(getattr(module, param_name).requires_grad)
+        return new
+
+    return replace_modules(model, make)

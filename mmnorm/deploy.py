@@ -52,21 +52,39 @@ def _choices(layer: SwitchableNorm, harden_sn: bool
     return None
 
 
-def _replacement(layer: SwitchableNorm, mean_source: int, var_source: int
-                 ) -> nn.Module:
-    rank = layer._last_rank
-    kwargs = dict(eps=layer.eps, momentum=layer.momentum,
-                  affine=layer.affine)
-    if mean_source == var_source == 2:
-        new = _NATIVE_BN[rank](layer.num_features, **kwargs)
-    else:
-        new = FixedSourceNorm(layer.num_features, mean_source, var_source,
-                              **kwargs)
+def _carry(layer: nn.Module, new: nn.Module) -> nn.Module:
+    """``new`` with ``layer``'s entries that it has, on ``layer``'s device
+    and dtype."""
     state = {k: v for k, v in layer.state_dict().items()
              if k in new.state_dict()}
     new.load_state_dict(state)
-    reference = layer.mean_weight
-    return new.to(device=reference.device, dtype=reference.dtype).eval()
+    reference = next(layer.parameters(), None)
+    if reference is None:
+        reference = layer.running_mean
+    return new.to(device=reference.device, dtype=reference.dtype)
+
+
+def native_bn(layer: nn.Module, cls: Optional[type] = None) -> nn.Module:
+    """A torch BatchNorm with ``layer``'s ``eps``, ``momentum``,
+    ``affine``, parameters and running statistics: of class ``cls``, by
+    default the ``nn.BatchNorm1d/2d/3d`` of the layer's last input rank.
+    Exact where ``layer`` computes BN (see :func:`mmnorm.revert_norms`).
+    """
+    cls = cls or _NATIVE_BN[getattr(layer, '_last_rank', 4)]
+    new = cls(layer.num_features, eps=layer.eps, momentum=layer.momentum,
+              affine=layer.affine,
+              track_running_stats=layer.track_running_stats)
+    return _carry(layer, new)
+
+
+def _replacement(layer: SwitchableNorm, mean_source: int, var_source: int
+                 ) -> nn.Module:
+    if mean_source == var_source == 2:
+        return native_bn(layer).eval()
+    new = FixedSourceNorm(layer.num_features, mean_source, var_source,
+                          eps=layer.eps, momentum=layer.momentum,
+                          affine=layer.affine)
+    return _carry(layer, new).eval()
 
 
 def _sample(layer: SwitchableNorm) -> torch.Tensor:

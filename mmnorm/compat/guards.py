@@ -1,4 +1,5 @@
-"""Keep the toolkits' BN-only conversions from silently breaking mmnorm.
+"""Wrappers that keep the toolkits' BN-only conversions from silently
+breaking mmnorm (applied by :mod:`mmnorm.compat.patches`).
 
 mmnorm layers subclass ``_BatchNorm`` so that the toolkits treat them like BN
 where that is right (``norm_eval``, weight decay rules, init, checkpoints).
@@ -6,9 +7,12 @@ Three conversions also key on ``_BatchNorm`` and would be wrong for them:
 
 * ``sync_bn`` (mmengine's / torch's ``convert_sync_batchnorm``) would
   replace every ``_BatchNorm`` by ``SyncBatchNorm``, dropping SN's IN and LN
-  branches. Wrapped here to turn SN / SSN into SyncSN / SyncSSN instead and
-  to hand every other BN layer to the original converter; other mmnorm
-  layers are left alone.
+  branches. Wrapped to turn each layer with a registered sync pair
+  (:func:`mmnorm.compat.register_sync_pair`: SN -> SyncSN, SSN -> SyncSSN)
+  into its synchronized version and to hand every other BN layer to the
+  original converter; other registered ``_BatchNorm`` layers (KN, SyncSN)
+  are left alone, and registered composite layers (IBN) are entered, so
+  their BN part becomes SyncBN.
 * mmcv's ``fuse_conv_bn`` (``--fuse-conv-bn``) folds an eval-mode BN into
   the preceding conv from its running statistics;
 * ``efficient_conv_bn_eval`` (mmcv's ``ConvModule`` and mmengine's graph
@@ -22,14 +26,12 @@ without mmnorm layers are converted exactly as before.
 from __future__ import annotations
 
 import functools
-import importlib
-import sys
 from typing import Callable
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-_MARK = '__mmnorm_guarded__'
+from .registry import is_norm_layer
 
 
 def unfoldable_layers(module: nn.Module) -> list[str]:
@@ -39,149 +41,102 @@ def unfoldable_layers(module: nn.Module) -> list[str]:
             if getattr(m, 'folds_into_conv', True) is False]
 
 
-def _stays_unsynced(module: nn.Module) -> bool:
-    """mmnorm layers that SyncBN converters must not turn into SyncBN:
-    the unfoldable ones (they get their own synchronized version) and those
-    declaring ``sync_bn_convertible = False`` (KN: its own statistics)."""
-    return (getattr(module, 'folds_into_conv', True) is False
-            or getattr(module, 'sync_bn_convertible', True) is False)
-
-
 def _describe(names: list[str]) -> str:
     shown = ', '.join(repr(n) for n in names[:5])
     more = f' and {len(names) - 5} more' if len(names) > 5 else ''
     return f'{shown}{more}'
 
 
-def _guard(func: Callable, what: str, advice: str,
-           module_arg: int = 0) -> Callable:
-    if getattr(func, _MARK, False):
-        return func
+FUSE_ADVICE = 'Run without --fuse-conv-bn / fuse_conv_bn for this model.'
+EFFICIENT_ADVICE = ("Remove 'efficient_conv_bn_eval' for the modules that "
+                    'contain mmnorm layers.')
 
-    @functools.wraps(func)
-    def guarded(*args, **kwargs):
-        module = args[module_arg] if len(args) > module_arg else None
-        if module is None:
-            module = next(iter(kwargs.values()), None)
-        if isinstance(module, nn.Module):
-            names = unfoldable_layers(module)
+
+def refuse_folding(what: str, advice: str) -> Callable:
+    """``wrap(func)``: ``func`` raises a ``ValueError`` naming the layers
+    that cannot be folded when one of its module arguments holds any, and
+    runs unchanged otherwise. A ``False`` second argument (``ConvModule.
+    turn_on_efficient_conv_bn_eval(False)``, called by every ConvModule)
+    folds nothing and is let through."""
+
+    def wrap(func: Callable) -> Callable:
+
+        @functools.wraps(func)
+        def guarded(*args, **kwargs):
+            if args[1:2] == (False,) or \
+                    kwargs.get('efficient_conv_bn_eval', True) is False:
+                return func(*args, **kwargs)
+            names = []
+            for arg in (*args, *kwargs.values()):
+                if isinstance(arg, nn.Module):
+                    names += [f'{type(arg).__name__}.{n}' if n else
+                              type(arg).__name__
+                              for n in unfoldable_layers(arg)]
             if names:
                 raise ValueError(
                     f'{what} cannot be applied to mmnorm layers (they are not '
                     f'BatchNorm: their output depends on each sample, not '
                     f'only on running statistics); found '
                     f'{_describe(names)}. {advice}')
-        return func(*args, **kwargs)
+            return func(*args, **kwargs)
 
-    setattr(guarded, _MARK, True)
-    return guarded
+        return guarded
 
-
-_FUSE_ADVICE = 'Run without --fuse-conv-bn / fuse_conv_bn for this model.'
-_EFFICIENT_ADVICE = ("Remove 'efficient_conv_bn_eval' for the modules that "
-                     'contain mmnorm layers.')
+    return wrap
 
 
-def _rebind(module_names: list[str], attr: str, new: Callable) -> None:
-    for name in module_names:
-        mod = sys.modules.get(name)
-        if mod is not None and hasattr(mod, attr):
-            setattr(mod, attr, new)
-
-
-def _sync_with_mmnorm(convert: Callable,
-                      takes_process_group: bool = False) -> Callable:
-    """Wrap a BN->SyncBN converter so that mmnorm layers get their own
-    synchronized versions and every other BN goes to ``convert``.
-    ``takes_process_group``: ``convert``'s second argument is torch's
-    ``process_group``, which the mmnorm layers then use too."""
-    if getattr(convert, _MARK, False):
-        return convert
+def _convert_with_mmnorm(module: nn.Module, convert: Callable,
+                         process_group) -> nn.Module:
     from ..layers.sync import convert_sync_sn
 
-    def convert_others(module, args, kwargs):
-        if _stays_unsynced(module):
-            return module
+    def convert_others(module):
         if isinstance(module, _BatchNorm):
-            return convert(module, *args, **kwargs)
+            # mmnorm's own (KN, SyncSN, ...) stay; others go to `convert`
+            return module if is_norm_layer(module) else convert(module)
         for name, child in module.named_children():
-            new = convert_others(child, args, kwargs)
+            new = convert_others(child)
             if new is not child:
                 setattr(module, name, new)
         return module
 
+    return convert_others(convert_sync_sn(module, process_group))
+
+
+def _has_mmnorm(module: nn.Module) -> bool:
+    return any(is_norm_layer(m) for m in module.modules())
+
+
+def sync_with_mmnorm(convert: Callable) -> Callable:
+    """Wrap mmengine's ``convert_sync_batchnorm(module, implementation)``
+    as described in the module doc."""
+
     @functools.wraps(convert)
     def converted(module, *args, **kwargs):
-        if not any(_stays_unsynced(m) for m in module.modules()):
+        if not _has_mmnorm(module):
             return convert(module, *args, **kwargs)
-        group = None
-        if takes_process_group:
-            group = args[0] if args else kwargs.get('process_group')
-        return convert_others(convert_sync_sn(module, group), args, kwargs)
+        return _convert_with_mmnorm(
+            module, lambda m: convert(m, *args, **kwargs), None)
 
-    setattr(converted, _MARK, True)
+    return converted
+
+
+def torch_sync_with_mmnorm(convert: Callable) -> Callable:
+    """Wrap the function of torch's classmethod
+    ``SyncBatchNorm.convert_sync_batchnorm(cls, module, process_group)``;
+    the mmnorm layers use the same ``process_group``."""
+
+    @functools.wraps(convert)
+    def converted(cls, module, process_group=None):
+        if not _has_mmnorm(module):
+            return convert(cls, module, process_group)
+        return _convert_with_mmnorm(
+            module, lambda m: convert(cls, m, process_group), process_group)
+
     return converted
 
 
 def install() -> None:
-    """Wrap the conversions listed in the module docstring (idempotent)."""
-    import mmengine.model.efficient_conv_bn_eval as ecbe
-    import mmengine.model.utils as mme_utils
-    import torch
-
-    sync = _sync_with_mmnorm(mme_utils.convert_sync_batchnorm)
-    _rebind(['mmengine.model.utils', 'mmengine.model',
-             'mmengine.runner.runner'], 'convert_sync_batchnorm', sync)
-
-    torch_convert = torch.nn.SyncBatchNorm.convert_sync_batchnorm
-    if not getattr(torch_convert, _MARK, False):
-        torch.nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(
-            _sync_with_mmnorm(torch_convert, takes_process_group=True))
-
-    ecbe.turn_on_efficient_conv_bn_eval_for_single_model = _guard(
-        ecbe.turn_on_efficient_conv_bn_eval_for_single_model,
-        "mmengine's efficient_conv_bn_eval", _EFFICIENT_ADVICE)
-
-    try:
-        # import_module: the package attribute 'fuse_conv_bn' is the
-        # function, which shadows the submodule of the same name.
-        conv_module = importlib.import_module('mmcv.cnn.bricks.conv_module')
-        fuse_mod = importlib.import_module('mmcv.cnn.utils.fuse_conv_bn')
-    except ImportError:  # mmcv is optional for the layers themselves
-        return
-    fuse = _guard(fuse_mod.fuse_conv_bn, "mmcv's fuse_conv_bn", _FUSE_ADVICE)
-    _rebind(['mmcv.cnn.utils.fuse_conv_bn', 'mmcv.cnn.utils', 'mmcv.cnn'],
-            'fuse_conv_bn', fuse)
-    # Code that imported fuse_conv_bn before mmnorm holds the original;
-    # it still folds through this module-level helper.
-    fold = fuse_mod._fuse_conv_bn
-    if not getattr(fold, _MARK, False):
-
-        @functools.wraps(fold)
-        def guarded_fold(conv, bn):
-            if getattr(bn, 'folds_into_conv', True) is False:
-                raise ValueError(
-                    f"mmcv's fuse_conv_bn cannot fold the mmnorm layer "
-                    f'{type(bn).__name__} into a conv (it is not BatchNorm: '
-                    f'its output depends on each sample). {_FUSE_ADVICE}')
-            return fold(conv, bn)
-
-        setattr(guarded_fold, _MARK, True)
-        fuse_mod._fuse_conv_bn = guarded_fold
-
-    conv_cls = conv_module.ConvModule
-    turn_on = conv_cls.turn_on_efficient_conv_bn_eval
-    if not getattr(turn_on, _MARK, False):
-
-        @functools.wraps(turn_on)
-        def guarded_turn_on(self, efficient_conv_bn_eval=True):
-            if efficient_conv_bn_eval and getattr(
-                    self.norm, 'folds_into_conv', True) is False:
-                raise ValueError(
-                    'ConvModule(efficient_conv_bn_eval=True) cannot fold '
-                    f'the mmnorm layer {type(self.norm).__name__} into its '
-                    f'conv (it is not BatchNorm). {_EFFICIENT_ADVICE}')
-            return turn_on(self, efficient_conv_bn_eval)
-
-        setattr(guarded_turn_on, _MARK, True)
-        conv_cls.turn_on_efficient_conv_bn_eval = guarded_turn_on
+    """Apply mmnorm's patches (kept for old callers; see
+    :func:`mmnorm.compat.patches.install`)."""
+    from .patches import install as install_patches
+    install_patches()

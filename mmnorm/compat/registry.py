@@ -28,9 +28,11 @@ from typing import Callable, Mapping, Optional
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-#: ``loader(layer, state, prefix) -> used keys``: fill ``layer`` from the
-#: BN entries ``state[prefix + 'weight']``, ... of a BN checkpoint.
-BNLoader = Callable[[nn.Module, Mapping[str, Tensor], str], list]
+#: ``loader(layer, bn_entries) -> layer_entries``: the entries of one BN
+#: layer's checkpoint (``{'weight': ..., 'bias': ..., 'running_mean': ...,
+#: 'running_var': ..., 'num_batches_tracked': ...}``, those present) as
+#: entries of ``layer``'s own state dict (local keys, e.g. ``'IN.weight'``).
+BNLoader = Callable[[nn.Module, Mapping[str, Tensor]], dict]
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,10 @@ def register_sync_pair(local: type, sync: type) -> None:
 
 def register_bn_loader(cls: type, loader: BNLoader) -> None:
     """How to initialise a ``cls`` layer from a BN layer's checkpoint
-    entries, for the loaders that copy BN keys one layer at a time
-    (mmaction2's torchvision and 2D->3D loaders). See :data:`BNLoader`."""
+    entries (see :data:`BNLoader`), for a layer that is not BN-shaped.
+    Every loader of BN checkpoints then uses it: mmengine's
+    ``load_checkpoint`` / ``init_cfg=Pretrained``, mmaction2's torchvision
+    and 2D->3D loaders, :func:`mmnorm.convert_norms`."""
     _check_class(cls, 'register_bn_loader')
     if not callable(loader):
         raise TypeError(f'register_bn_loader: loader must be callable, got '

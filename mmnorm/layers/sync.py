@@ -107,19 +107,16 @@ _register_pairs()
 
 def _swap(module: nn.Module, target: Callable[[type], Optional[type]],
           drop: tuple[str, ...] = (), **extra) -> nn.Module:
-    """Replace every layer whose exact class has a ``target`` class (the
-    module itself if it has one) by a ``target`` layer with the same
-    parameters, buffers, mode and attributes, ``drop`` removed and
-    ``extra`` set."""
-    cls = target(type(module))
-    if cls is not None:
-        from ..converters import retype
-        return retype(module, cls, drop=drop, **extra)
-    for name, child in module.named_children():
-        swapped = _swap(child, target, drop, **extra)
-        if swapped is not child:
-            setattr(module, name, swapped)
-    return module
+    """Replace every layer whose exact class has a ``target`` class by a
+    ``target`` layer with the same parameters, buffers, mode and
+    attributes, ``drop`` removed and ``extra`` set."""
+    from ..converters import replace_modules, retype
+
+    def make(layer: nn.Module) -> Optional[nn.Module]:
+        cls = target(type(layer))
+        return None if cls is None else retype(layer, cls, drop, **extra)
+
+    return replace_modules(module, make)
 
 
 def convert_sync_sn(module: nn.Module,

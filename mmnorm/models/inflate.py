@@ -15,12 +15,14 @@ buffers missing from the checkpoint are skipped without a word.
 
 **The fix, and why it patches the stock class**
 
-:func:`install` (run by ``import mmnorm.mmaction``, i.e. by the config's
-``custom_imports``) replaces ``ResNet3d._inflate_bn_params`` by a
-dispatcher: a layer of mmnorm's SN family (:class:`~mmnorm.SwitchableNorm`
-and its subclasses SSN, SyncSN, SyncSSN) goes to
-:func:`inflate_switchable_params`; every other layer goes to mmaction2's
-original function, unchanged.
+The patch ``inflate-bn-loader`` of :mod:`mmnorm.compat.patches` (applied
+by ``import mmnorm``, also when mmaction2 is imported later) replaces
+``ResNet3d._inflate_bn_params`` by a dispatcher: a registered mmnorm layer
+(:func:`mmnorm.compat.register_norm_layer`: SN, SSN, SyncSN, SyncSSN, KN,
+IBN, ...) goes to :func:`mmnorm.converters.load_bn_entries`; every other
+layer goes to mmaction2's original function, unchanged. mmaction2's 2D
+torchvision loader ``ResNet._load_bn_params`` gets the same dispatcher
+(patch ``torchvision-bn-loader``).
 
 A registered subclass (say ``ResNet3dSN``) was the alternative. It was
 rejected because:
@@ -38,14 +40,12 @@ rejected because:
   models without mmnorm layers (BN models inflate byte for byte as before),
   and it only touches a path that otherwise crashes or loads silently.
 
-It is idempotent, can be undone with :func:`uninstall`, and is skipped with
-a warning if a future mmaction2 no longer has the hook.
-
-**Rules for SN-family layers** (:func:`inflate_switchable_params`)
+**Rules** (:func:`inflate_switchable_params`)
 
 * BN-shaped entries (``weight``, ``bias``, ``running_mean``,
   ``running_var``, ``num_batches_tracked``) are copied like BN's, so an SN
-  model starts from a BN checkpoint's affine parameters and statistics.
+  model starts from a BN checkpoint's affine parameters and statistics
+  (IBN: split between its ``IN`` and ``BN`` parts).
 * The mixing weights (``mean_weight``, ``var_weight``; SSN's ``radius`` and
   choice buffers) are copied when the 2D checkpoint has them (an SN
   checkpoint, e.g. from ``tools/model_converters/bn_to_sn.py`` or
@@ -74,23 +74,17 @@ arbitrary objects is refused, not executed.
 """
 from __future__ import annotations
 
-import functools
 import logging
-from typing import Callable, MutableSequence, Optional
+from typing import MutableSequence, Optional
 
-import torch
-from mmengine.logging import MMLogger
 from torch import Tensor, nn
 
-from ..layers.sn import SwitchableNorm
+from ..converters import BN_ENTRIES, load_bn_entries
 
-#: Entries a BN layer has; everything else of an SN layer is SN's own.
-BN_ENTRIES = ('weight', 'bias', 'running_mean', 'running_var',
-              'num_batches_tracked')
-#: BN entries whose absence from an old checkpoint is normal.
-_OPTIONAL_BN_ENTRIES = ('num_batches_tracked',)
+__all__ = ['BN_ENTRIES', 'GroupNorm3d', 'inflate_switchable_params',
+           'install', 'is_installed', 'uninstall']
 
-_MARK = '__mmnorm_inflation__'
+_PATCH = 'inflate-bn-loader'
 
 
 class GroupNorm3d(nn.GroupNorm):
@@ -115,21 +109,14 @@ class GroupNorm3d(nn.GroupNorm):
         super().__init__(num_groups, num_features, eps=eps, affine=affine)
 
 
-def _uniform_lambdas(norm: nn.Module, names: list[str]) -> bool:
-    """Whether the mixing weights among ``names`` are all uniform."""
-    lambdas = [getattr(norm, n) for n in names
-               if n in ('mean_weight', 'var_weight')]
-    return bool(lambdas) and all(
-        bool((lam == lam.flatten()[0]).all()) for lam in lambdas)
-
-
 def inflate_switchable_params(norm3d: nn.Module,
                               state_dict_2d: dict[str, Tensor],
                               module_name_2d: str,
                               inflated_param_names: MutableSequence[str],
                               logger: Optional[logging.Logger] = None
                               ) -> None:
-    """Initialise an SN-family layer from the 2D layer ``module_name_2d``.
+    """Initialise a registered mmnorm layer from the 2D layer
+    ``module_name_2d``.
 
     Same contract as mmaction2's ``ResNet3d._inflate_bn_params``: copies
     what matches from ``state_dict_2d`` and appends the 2D keys it used to
@@ -137,119 +124,38 @@ def inflate_switchable_params(norm3d: nn.Module,
     "inflating" them is a copy. See the module doc for the rules.
 
     Args:
-        norm3d: the 3D model's norm layer (an SN-family layer).
+        norm3d: the 3D model's norm layer.
         state_dict_2d: the 2D checkpoint's state dict.
         module_name_2d: the corresponding 2D layer's name, e.g. ``'bn1'``
             or ``'layer1.0.downsample.1'``.
         inflated_param_names: list the caller uses to report leftovers.
         logger: where to log; default mmengine's current logger.
     """
-    logger = logger or MMLogger.get_current_instance()
-    copied, absent, mismatched, bad_bn = [], [], [], False
-    # state_dict() holds exactly the parameters and persistent buffers a
-    # checkpoint of this layer would hold; BN's entries are listed first.
-    entries = norm3d.state_dict(keep_vars=True)
-    order = sorted(entries, key=lambda n: (
-        BN_ENTRIES.index(n) if n in BN_ENTRIES else len(BN_ENTRIES)))
-    for name in order:
-        tensor = entries[name]
-        key = f'{module_name_2d}.{name}'
-        source = state_dict_2d.get(key)
-        if source is None:
-            absent.append(name)
-            if name in BN_ENTRIES and name not in _OPTIONAL_BN_ENTRIES:
-                bad_bn = True
-            continue
-        if tuple(source.shape) != tuple(tensor.shape):
-            mismatched.append(f'{name} {tuple(source.shape)} in the '
-                              f'checkpoint vs {tuple(tensor.shape)}')
-            bad_bn = bad_bn or name in BN_ENTRIES
-            continue
-        with torch.no_grad():
-            tensor.copy_(source)
-        copied.append(name)
-        inflated_param_names.append(key)
-
-    kind = type(norm3d).__name__
-    parts = [f'inflate {module_name_2d} into {kind}: copied '
-             f"{', '.join(copied) or 'nothing'}"]
-    if absent:
-        parts.append('not in the 2D checkpoint, left unchanged: '
-                     f"{', '.join(absent)}")
-    if mismatched:
-        parts.append(f"wrong shape, left unchanged: {'; '.join(mismatched)}")
-    kept = absent + [m.split(' ', 1)[0] for m in mismatched]
-    if _uniform_lambdas(norm3d, kept):
-        parts.append('mixing weights as initialized (uniform over IN/LN/BN)')
-    if any(m.startswith(('mean_weight ', 'var_weight ')) for m in mismatched):
-        parts.append('an official SN checkpoint? convert it first with '
-                     'tools/model_converters/official_sn_to_mmnorm.py')
-    level = logging.WARNING if bad_bn or mismatched else logging.INFO
-    logger.log(level, '; '.join(parts))
-
-
-def _dispatching(original: Callable) -> Callable:
-    """Wrap mmaction2's ``_inflate_bn_params`` so that SN-family layers are
-    inflated by :func:`inflate_switchable_params`."""
-
-    @functools.wraps(original)
-    def inflate_bn_params(bn3d, state_dict_2d, module_name_2d,
-                          inflated_param_names):
-        if isinstance(bn3d, SwitchableNorm):
-            return inflate_switchable_params(
-                bn3d, state_dict_2d, module_name_2d, inflated_param_names)
-        return original(bn3d, state_dict_2d, module_name_2d,
-                        inflated_param_names)
-
-    setattr(inflate_bn_params, _MARK, original)
-    return inflate_bn_params
-
-
-def _resnet3d() -> Optional[type]:
-    from mmaction.models.backbones import resnet3d
-    cls = getattr(resnet3d, 'ResNet3d', None)
-    if cls is None or not isinstance(
-            cls.__dict__.get('_inflate_bn_params'), staticmethod):
-        return None
-    return cls
-
-
-def _hook(cls: type) -> Callable:
-    return cls.__dict__['_inflate_bn_params'].__func__
+    load_bn_entries(norm3d, state_dict_2d, module_name_2d,
+                    inflated_param_names, action='inflate', logger=logger)
 
 
 def install() -> bool:
-    """Make mmaction2's 2D->3D inflation handle SN layers (idempotent).
-
-    Needs mmaction2 importable (``import mmnorm.mmaction`` does both).
+    """Make mmaction2's 2D->3D inflation handle mmnorm layers: applies the
+    patch ``inflate-bn-loader`` (``import mmnorm`` already does).
 
     Returns:
-        Whether the hook is in place.
+        Whether the hook is in place (False: this mmaction2 has no
+        ``ResNet3d._inflate_bn_params``).
     """
-    cls = _resnet3d()
-    if cls is None:
-        MMLogger.get_current_instance().warning(
-            'mmnorm: mmaction2 ResNet3d has no static _inflate_bn_params; '
-            'SN layers are not handled when inflating 2D checkpoints')
-        return False
-    current = _hook(cls)
-    if not hasattr(current, _MARK):
-        cls._inflate_bn_params = staticmethod(_dispatching(current))
-    return True
+    from ..compat import patches
+    patches.install()
+    return is_installed()
 
 
 def uninstall() -> None:
     """Restore mmaction2's own ``_inflate_bn_params``. Backbones built while
     the hook was in place (``ResNet3dLayer`` copies it) keep it."""
-    cls = _resnet3d()
-    if cls is None:
-        return
-    original = getattr(_hook(cls), _MARK, None)
-    if original is not None:
-        cls._inflate_bn_params = staticmethod(original)
+    from ..compat import patches
+    patches.uninstall((_PATCH,))
 
 
 def is_installed() -> bool:
-    """Whether :func:`install` is in effect."""
-    cls = _resnet3d()
-    return cls is not None and hasattr(_hook(cls), _MARK)
+    """Whether the patch is in effect."""
+    from ..compat import patches
+    return patches.is_applied(_PATCH)
