@@ -192,6 +192,15 @@ PATCHES: tuple[Patch, ...] = (
         remove_when='mmnorm has no layer outside _BatchNorm',
         wrap=toolkit_fixes.norm_states),
     Patch(
+        name='zero-init-residual',
+        targets=('mmengine.model.weight_init:constant_init',),
+        also_in=('mmengine.model',),
+        fixes='zero_init_residual (constant_init(norm, 0)) sets '
+              "module.weight: a composite layer without one (IBN) kept its "
+              'initialisation; now each of its parts is set.',
+        remove_when='never upstream; goes with IBN',
+        wrap=toolkit_fixes.constant_init),
+    Patch(
         name='flops-counter',
         targets=('mmcv.cnn.utils.flops_counter:get_modules_mapping',),
         fixes="mmcv's get_model_complexity_info counts norms by exact "

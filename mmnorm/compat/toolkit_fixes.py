@@ -209,24 +209,43 @@ def norm_states(original: Callable) -> Callable:
     return get_norm_states
 
 
+def constant_init(original: Callable) -> Callable:
+    """mmengine ``constant_init(module, val, bias=0)``: a registered layer
+    without its own ``weight`` (IBN) is initialised through its parts."""
+
+    @functools.wraps(original)
+    def init(module, val, bias=0):
+        if is_norm_layer(module) and getattr(module, 'weight', None) is None:
+            for child in module.children():
+                init(child, val, bias)
+            return None
+        return original(module, val, bias)
+
+    return init
+
+
+def _norm_flops(module: nn.Module, input: tuple, output) -> None:
+    """Like mmcv's BN count: one operation per element, two with an
+    affine ``weight``; a composite layer (IBN) counts nothing itself, its
+    IN / BN parts are counted."""
+    if next(module.children(), None) is not None:
+        return
+    flops = int(input[0].numel())
+    if getattr(module, 'weight', None) is not None:
+        flops *= 2
+    module.__flops__ += flops
+
+
 def flops_mapping(original: Callable) -> Callable:
     """mmcv ``get_modules_mapping()`` (FLOP counter): registered layers are
-    counted with mmcv's norm hook, like BN; a composite one (IBN) counts
-    nothing itself, its BN/IN parts are counted."""
+    counted like BN (:func:`_norm_flops`). A lower bound for SN, which
+    also computes IN and LN statistics."""
 
     @functools.wraps(original)
     def get_modules_mapping():
         mapping = original()
-        norm_hook = mapping[nn.BatchNorm2d]
-
-        def hook(module, input, output):
-            if next(module.children(), None) is None:
-                norm_hook(module, input, output)
-            else:
-                module.__flops__ += 0
-
         for cls in registered_norm_layers():
-            mapping.setdefault(cls, hook)
+            mapping.setdefault(cls, _norm_flops)
         return mapping
 
     return get_modules_mapping
