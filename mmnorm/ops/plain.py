@@ -77,6 +77,8 @@ def _channel_view(t: Tensor, rank: int) -> Tensor:
 def _check(x: Tensor, mean_weight: Tensor, var_weight: Tensor,
            running_mean: Optional[Tensor], running_var: Optional[Tensor],
            flat: bool) -> None:
+    if torch.jit.is_tracing():  # shapes are traced values, not checks
+        return
     name = 'switchable_norm_plain'
     if x.dim() not in _SUPPORTED_RANKS:
         raise ValueError(f'{name}: x must have rank 2-5 ((N, C, *)), got '
@@ -173,3 +175,78 @@ def switchable_norm_plain(x: Tensor, weight: Optional[Tensor],
         offset = offset + _channel_view(bias.to(stat_dtype), rank)
     y = dev * scale + offset
     return y.to(x.dtype), mean_bn.reshape(-1), var_bn.reshape(-1)
+
+
+def kalman_norm_plain(x: Tensor, weight: Optional[Tensor],
+                      bias: Optional[Tensor], eps: float,
+                      group_size: Optional[int] = None,
+                      prediction: Optional[tuple[Tensor, Tensor]] = None,
+                      prior_weight: float = 0.0) -> Tensor:
+    """Kalman Normalization with batch statistics, from plain ops.
+
+    What :class:`mmnorm.layers.kn.KalmanNorm` computes when it normalizes
+    with the statistics it observes (``track_running_stats=False``, also
+    in eval mode), for export: its eval mode with running statistics is
+    ``F.batch_norm``, which both exporters take as it is, but the batch
+    statistics path (``F.batch_norm(training=True)``, or reshapes into
+    groups by Python sizes) does not export with a dynamic batch.
+
+    For groups of ``k`` samples (``G = N / k``; the whole batch when
+    ``group_size`` is None), with biased moments over the group's samples
+    and positions::
+
+        mean_obs, var_obs = mean_{k, S}(x), mean_{k, S}((x - mean_obs)^2)
+        mean = q mean_obs + p mean_pred
+        var  = q var_obs + p var_pred + q p (mean_obs - mean_pred)^2
+        y    = (x - mean) / sqrt(var + eps) * weight + bias
+
+    with ``p = prior_weight``, ``q = 1 - p``; without a prediction
+    ``mean, var = mean_obs, var_obs``.
+
+    Args:
+        x: ``(N, C, *)``, rank 2 to 5, ``N`` a multiple of ``group_size``.
+        weight, bias: ``(C,)`` or None.
+        eps: added to the variance.
+        group_size: samples per group ``k``, or None for the whole batch.
+        prediction: ``(mean_pred, var_pred)``, each ``(G, C)``, or None
+            (the caller has already applied the divergence decision).
+        prior_weight: ``p``.
+
+    Returns:
+        ``y``, shaped and typed like ``x``.
+    """
+    if not torch.jit.is_tracing() and x.dim() not in _SUPPORTED_RANKS:
+        raise ValueError(f'kalman_norm_plain: x must have rank 2-5, got '
+                         f'shape {tuple(x.shape)}')
+    rank = x.dim()
+    stat_dtype = x.dtype if x.dtype in _EXACT_DTYPES else torch.float32
+    xs = x.to(stat_dtype)
+    if group_size is None:
+        grouped = xs.unsqueeze(0)              # (1, N, C, *)
+    else:
+        # (G, k, C, *); the tracers record the sizes read here as shape
+        # ops, so they stay dynamic (``unflatten`` would need opset 13)
+        grouped = xs.reshape((-1, group_size) + tuple(xs.shape[1:]))
+    dims = (1,) + tuple(range(3, rank + 1))
+    mean = grouped.mean(dims, keepdim=True)
+    var = (grouped - mean).square().mean(dims, keepdim=True)
+    if prediction is not None:
+        # (G, C) -> (G, 1, C, 1, ...) without sizes read from tensors
+        pred_mean, pred_var = (p.to(stat_dtype).unsqueeze(1)
+                               for p in prediction)
+        for _ in range(rank - 2):
+            pred_mean, pred_var = pred_mean.unsqueeze(-1), \
+                pred_var.unsqueeze(-1)
+        q = 1.0 - prior_weight
+        gap = mean - pred_mean
+        var = (q * var + prior_weight * pred_var
+               + q * prior_weight * gap.square())
+        mean = q * mean + prior_weight * pred_mean
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * _channel_view(weight.to(stat_dtype),
+                                      rank).unsqueeze(0)
+    y = (grouped - mean) * scale
+    if bias is not None:
+        y = y + _channel_view(bias.to(stat_dtype), rank).unsqueeze(0)
+    return y.flatten(0, 1).to(x.dtype)
