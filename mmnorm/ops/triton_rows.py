@@ -22,14 +22,16 @@ Design (details and the bytes moved per pass in ``docs/triton_kernels.md``):
   (short rows: many rows per tile) and loops over tiles, so the grid stays
   bounded. For channels_last inputs (``stride(1) == 1``) the tile rows are
   consecutive channels, the contiguous direction in memory.
-* Reductions accumulate in float32 (float64 for float64 input). The moments
-  are centred: each tile gives its rows' exact two-pass ``(mean, M2)`` and
-  tiles are merged by Chan's parallel formula, so a row whose mean is
-  ``1e4`` standard deviations from zero keeps its variance. The gradient
-  sums are centred on the caller's ``s_r`` (the row mean).
+* Reductions accumulate in float32 (float64 for float64 input), lane by
+  lane, with one cross-lane reduction per row tile at the end. The moments
+  are centred: sums of ``x - k`` and ``(x - k)^2`` around ``k``, the mean
+  of the first tile, so a row whose mean is ``1e4`` standard deviations
+  from zero keeps its variance. The gradient sums are centred on the
+  caller's ``s_r`` (the row mean).
 * Long rows with few rows are split over several programs (grid axis 1);
-  each writes a partial ``(mean, var)`` or partial sums to a small buffer
-  that one tiny kernel (moments) or one ``sum`` (gradient sums) combines.
+  each writes a partial ``(k, mean - k, var)`` or partial sums to a small
+  buffer that one tiny kernel (moments, by Chan's parallel formula) or one
+  ``sum`` (gradient sums) combines.
   Every grid and block size is a function of the shapes only: no host
   synchronisation anywhere.
 
@@ -97,53 +99,54 @@ if triton is not None:
 
     @triton.jit
     def _moments_kernel(x_ptr, mean_ptr, var_ptr, k_ptr, C, M, sxN, sxC,
-                        sxM,
-                        n_row_tiles, c_blocks, chunk, S,
+                        sxM, n_row_tiles, c_blocks, chunk, S,
                         BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr,
                         IDX64: tl.constexpr, SPLIT: tl.constexpr):
         # Program (p, s) reduces columns [s * chunk, (s + 1) * chunk) of row
-        # tiles p, p + P, ...; it writes the mean and the biased variance of
-        # that part of each row to mean_ptr/var_ptr[r * S + s]. Means are
-        # carried relative to the row's first element k (so that a large
-        # common mean does not round them); a SPLIT kernel stores them so,
-        # and k to k_ptr[r], for the combining kernel, else it adds k back.
+        # tiles p, p + P, ... and writes, at r * S + s, the biased variance
+        # of that part of row r to var_ptr and its mean to mean_ptr. The
+        # sums are taken around k = the mean of the part's first tile
+        # (within a few standard deviations / sqrt(BLOCK_M) of the part's
+        # mean: no cancellation, however far the mean is from zero). A
+        # SPLIT kernel stores the mean minus k and k itself (k_ptr) for
+        # _combine_moments_kernel.
         acc_t = mean_ptr.dtype.element_ty
         s = tl.program_id(1)
         col_start = s * chunk
         col_end = tl.minimum(col_start + chunk, M)
+        count = (col_end - col_start).to(acc_t)
         m_idx = tl.arange(0, BLOCK_M)
         for t in range(tl.program_id(0), n_row_tiles, tl.num_programs(0)):
             n, c, r, row_ok = _tile_rows(t, c_blocks, C, BLOCK_R, IDX64)
             base = n * sxN + c * sxC
-            k = tl.load(x_ptr + base, mask=row_ok, other=0.0).to(acc_t)
-            mean = tl.zeros([BLOCK_R], dtype=acc_t)
-            m2 = tl.zeros([BLOCK_R], dtype=acc_t)
-            for m0 in range(col_start, col_end, BLOCK_M):
+            # The first tile gives k (one reduction) ...
+            cols = col_start + m_idx
+            if IDX64:
+                cols = cols.to(tl.int64)
+            mask = row_ok[:, None] & (cols < col_end)[None, :]
+            v = tl.load(x_ptr + base[:, None] + cols[None, :] * sxM,
+                        mask=mask, other=0.0).to(acc_t)
+            first = tl.minimum(col_end - col_start, BLOCK_M).to(acc_t)
+            k = tl.sum(v, axis=1) / first
+            d = tl.where(mask, v - k[:, None], 0.0)
+            acc1 = d
+            acc2 = d * d
+            # ... and the others are summed lane by lane around it.
+            for m0 in range(col_start + BLOCK_M, col_end, BLOCK_M):
                 cols = m0 + m_idx
                 if IDX64:
                     cols = cols.to(tl.int64)
                 mask = row_ok[:, None] & (cols < col_end)[None, :]
                 v = tl.load(x_ptr + base[:, None] + cols[None, :] * sxM,
                             mask=mask, other=0.0).to(acc_t)
-                # Exact two-pass moments of the tile (the values are in
-                # registers), centred on the tile's own rounded mean ...
-                nb = tl.minimum(col_end - m0, BLOCK_M).to(acc_t)
-                approx = tl.sum(v, axis=1) / nb
-                d = tl.where(mask, v - approx[:, None], 0.0)
-                sd = tl.sum(d, axis=1)
-                tile_mean = (approx - k) + sd / nb
-                tile_m2 = tl.sum(d * d, axis=1) - sd * (sd / nb)
-                # ... merged into the running ones (Chan et al.).
-                na = (m0 - col_start).to(acc_t)
-                total = na + nb
-                delta = tile_mean - mean
-                mean = mean + delta * (nb / total)
-                m2 = m2 + tile_m2 + delta * delta * (na * (nb / total))
-            count = (col_end - col_start).to(acc_t)
+                d = tl.where(mask, v - k[:, None], 0.0)
+                acc1 += d
+                acc2 += d * d
+            mean = tl.sum(acc1, axis=1) / count
+            m2 = tl.sum(acc2, axis=1) - mean * mean * count
             out = r * S + s
             if SPLIT:
-                if s == 0:
-                    tl.store(k_ptr + r, k, mask=row_ok)
+                tl.store(k_ptr + out, k, mask=row_ok)
             else:
                 mean = mean + k
             tl.store(mean_ptr + out, mean, mask=row_ok)
@@ -155,24 +158,28 @@ if triton is not None:
                                 var_ptr, R, M, chunk, S,
                                 BLOCK_R: tl.constexpr,
                                 BLOCK_S: tl.constexpr):
-        # Merges the S partial (mean - k, var) of each row, part s having
-        # min(chunk, M - s * chunk) elements; k = the row's first element.
+        # Merges the S parts (k, mean - k, var) of each row, part s having
+        # min(chunk, M - s * chunk) elements (Chan et al.), around the first
+        # part's k: k_s - k_0 of nearby values is exact, so a large common
+        # mean cancels.
         acc_t = mean_ptr.dtype.element_ty
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         parts = tl.arange(0, BLOCK_S)
         row_ok = rows < R
-        k = tl.load(k_ptr + rows, mask=row_ok, other=0.0)
         mask = row_ok[:, None] & (parts < S)[None, :]
         offs = rows[:, None] * S + parts[None, :]
+        k0 = tl.load(k_ptr + rows * S, mask=row_ok, other=0.0)
+        pk = tl.load(k_ptr + offs, mask=mask, other=0.0)
         pmean = tl.load(pmean_ptr + offs, mask=mask, other=0.0)
         pvar = tl.load(pvar_ptr + offs, mask=mask, other=0.0)
         count = tl.minimum(M - parts * chunk, chunk)
         count = tl.where(parts < S, count, 0).to(acc_t)
+        dev = tl.where(mask, (pk - k0[:, None]) + pmean, 0.0)
         total = M.to(acc_t)
-        mean = tl.sum(pmean * count[None, :], axis=1) / total
-        dev = tl.where(mask, pmean - mean[:, None], 0.0)
+        mean = tl.sum(dev * count[None, :], axis=1) / total
+        dev = tl.where(mask, dev - mean[:, None], 0.0)
         m2 = tl.sum((pvar + dev * dev) * count[None, :], axis=1)
-        tl.store(mean_ptr + rows, mean + k, mask=row_ok)
+        tl.store(mean_ptr + rows, k0 + mean, mask=row_ok)
         tl.store(var_ptr + rows, m2 / total, mask=row_ok)
 
     @triton.jit
@@ -452,9 +459,9 @@ def row_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     chunk, split = _split(n_row_tiles, m, block_m, target)
     if split == 1:
         pmean, pvar, k = mean, var, mean  # k unused
-    else:  # partial (mean - k, var), flat (N*C, S), and k (N*C,)
+    else:  # partial (mean - k, var, k), each flat (N*C, S)
         size = n * c * split
-        parts = torch.empty(2 * size + n * c, dtype=acc, device=x.device)
+        parts = torch.empty(3 * size, dtype=acc, device=x.device)
         pmean, pvar, k = parts[:size], parts[size:2 * size], parts[2 * size:]
     grid = (min(n_row_tiles, max_programs), split)
     _moments_kernel[grid](

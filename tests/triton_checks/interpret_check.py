@@ -20,9 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
 import torch  # noqa: E402
-from triton_checks import cases  # noqa: E402
 
 from mmnorm.ops import _kernel  # noqa: E402
+from triton_checks import cases  # noqa: E402
 
 
 def main() -> int:
