@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..ops import BRANCHES, moment_norm
+from ..ops import BRANCHES, dispatch, moment_norm
 from ..ops.switchable import KERNEL_MIXES, SwitchableMix
+from .sn import update_running_stats
 
 
 class FixedSourceMix(SwitchableMix):
@@ -86,6 +87,7 @@ class FixedSourceNorm(_BatchNorm):
         self.var_source = var_source
         self._mixes = {flat: FixedSourceMix(mean_source, var_source, flat)
                        for flat in (False, True)}
+        dispatch.prepare()  # load the kernels now, never inside a trace
 
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() == 2 and 0 in (self.mean_source, self.var_source):
@@ -102,14 +104,7 @@ class FixedSourceNorm(_BatchNorm):
             input, self.weight, self.bias, self.eps,
             self._mixes[input.dim() == 2], mean_w, var_w, *running)
         if self.training and self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = (1.0 / float(self.num_batches_tracked)
-                          if self.momentum is None else self.momentum)
-                self.running_mean.lerp_(batch_mean.to(self.running_mean),
-                                        factor)
-                self.running_var.lerp_(batch_var.to(self.running_var),
-                                       factor)
+            update_running_stats(self, batch_mean, batch_var)
         return y
 
     def extra_repr(self) -> str:

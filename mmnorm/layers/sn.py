@@ -28,15 +28,40 @@ import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..ops import BRANCHES, SwitchableMix, masked_softmax, moment_norm
-from ..ops.moment_norm import kernel_for
-from ..ops.switchable import KERNEL_MIXES
+from ..ops import BRANCHES, SwitchableMix, dispatch, masked_softmax
+from ..ops.moment_norm import switchable_norm
 
 _SUPPORTED_RANKS = (2, 3, 4, 5)
 
 #: Attribute set on every mixing-weight parameter (the lambdas), so that
 #: optimizer code can find them without parameter names.
 MIXING_WEIGHT_FLAG = '_mmnorm_mixing_weight'
+
+
+@torch.no_grad()
+def update_running_stats(module: _BatchNorm, batch_mean: Tensor,
+                         batch_var: Tensor,
+                         valid: Optional[Tensor] = None) -> None:
+    """``running = (1 - f) running + f batch`` on the device, with ``f`` the
+    module's momentum or, for ``momentum=None``, ``1 / num_batches_tracked``
+    (a cumulative average); nothing changes where the 0-dim bool ``valid``
+    is false."""
+    mean = batch_mean.to(module.running_mean)
+    var = batch_var.to(module.running_var)
+    if valid is None:
+        module.num_batches_tracked.add_(1)
+    else:
+        # NaN statistics of an empty batch must not reach the lerp
+        mean = torch.where(valid, mean, module.running_mean)
+        var = torch.where(valid, var, module.running_var)
+        module.num_batches_tracked.add_(valid.long())
+    if module.momentum is None:
+        factor = module.num_batches_tracked.clamp(min=1).to(
+            module.running_mean).reciprocal()
+    else:
+        factor = module.momentum
+    module.running_mean.lerp_(mean, factor)
+    module.running_var.lerp_(var, factor)
 
 
 class SwitchableNorm(_BatchNorm):
@@ -84,6 +109,7 @@ class SwitchableNorm(_BatchNorm):
 
     mean_weight: torch.nn.Parameter
     var_weight: torch.nn.Parameter
+    _softmax_weights = True
 
     def __init__(self, num_features: int, eps: float = 1e-5,
                  momentum: Optional[float] = 0.1, affine: bool = True,
@@ -132,6 +158,14 @@ class SwitchableNorm(_BatchNorm):
         self._population: Optional[list] = None
         self._mix_spatial = SwitchableMix(flat_input=False)
         self._mix_flat = SwitchableMix(flat_input=True)
+        dispatch.prepare()  # load the kernels now, never inside a trace
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # Layers that keep SN's softmax weights let the library op derive
+        # them from the lambdas; others (SSN) pass their weights.
+        cls._softmax_weights = (
+            cls._forward_weights is SwitchableNorm._forward_weights)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -180,13 +214,6 @@ class SwitchableNorm(_BatchNorm):
         update state here, e.g. SSN freezing a one-hot choice)."""
         return self.mixing_weights(flat)
 
-    def _kernel_weight_choices(self) -> Optional[tuple[int, int]]:
-        """How the compiled op derives the mean and variance weights from
-        the lambdas: -1 for the softmax, ``k >= 0`` for a frozen one-hot;
-        ``None`` if it cannot (weights then come from
-        :meth:`_forward_weights`)."""
-        return (-1, -1)
-
     def ratios(self) -> dict[str, dict[str, float]]:
         """Mixing ratios by name for the input rank last seen, e.g.
         ``{'mean': {'in': .2, 'ln': .3, 'bn': .5}, 'var': {...}}``."""
@@ -211,22 +238,16 @@ class SwitchableNorm(_BatchNorm):
                    else (self.running_mean.clone(), self.running_var.clone()))
         if input.numel() == 0:
             return self._empty_output(input, *self._forward_weights(flat))
-        mix = self._mix(flat)
-        choices = self._kernel_weight_choices()
-        ops = (kernel_for(input)
-               if choices is not None and type(mix) in KERNEL_MIXES else None)
-        if ops is not None:
-            # Weights, statistics, output and the backward of all of them
-            # in one compiled op: the fast path on the CPU.
-            y, batch_mean, batch_var = ops.switchable_norm_from_lambdas(
-                input, self.weight, self.bias, self.mean_weight,
-                self.var_weight, self._available(flat), *choices, *running,
-                self.eps, flat)
+        if self._softmax_weights:
+            # the op takes the softmax of the lambdas itself
+            mean_param, var_param = self.mean_weight, self.var_weight
+            available = self._available(flat)
         else:
-            mean_w, var_w = self._forward_weights(flat)
-            y, batch_mean, batch_var = moment_norm(
-                input, self.weight, self.bias, self.eps, mix, mean_w, var_w,
-                *running)
+            mean_param, var_param = self._forward_weights(flat)
+            available = None
+        y, batch_mean, batch_var = switchable_norm(
+            input, self.weight, self.bias, self.eps, self._mix(flat),
+            mean_param, var_param, *running, available=available)
         if use_batch and self.training and self.track_running_stats:
             self._track(batch_mean, batch_var)
         return y
@@ -241,18 +262,23 @@ class SwitchableNorm(_BatchNorm):
         return input * 0 + used * 0
 
     @torch.no_grad()
-    def _track(self, batch_mean: Tensor, batch_var: Tensor) -> None:
-        """Fold one training batch's BN statistics into the buffers."""
+    def _track(self, batch_mean: Tensor, batch_var: Tensor,
+               valid: Optional[Tensor] = None) -> None:
+        """Fold one training batch's BN statistics into the buffers, on the
+        device (no host synchronisation).
+
+        Args:
+            batch_mean, batch_var: ``(C,)`` statistics of the batch.
+            valid: optional 0-dim bool tensor; where false (e.g. every
+                rank's batch was empty) the buffers and
+                ``num_batches_tracked`` stay as they are.
+        """
         if self._population is not None:
             self._population.append((batch_mean.float(), batch_var.float()))
             return
         if not self.using_moving_average:
             return
-        self.num_batches_tracked.add_(1)
-        factor = (1.0 / float(self.num_batches_tracked)
-                  if self.momentum is None else self.momentum)
-        self.running_mean.lerp_(batch_mean.to(self.running_mean), factor)
-        self.running_var.lerp_(batch_var.to(self.running_var), factor)
+        update_running_stats(self, batch_mean, batch_var, valid)
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, using_bn={self.using_bn}, '

@@ -144,6 +144,8 @@ def _load() -> Any:
     if not os.path.isfile(library):
         _build_locked(library, flags)
     torch.ops.load_library(library)
+    from . import library as registrations
+    registrations.register()  # fakes and CUDA kernels of the ops
     return torch.ops.mmnorm
 
 

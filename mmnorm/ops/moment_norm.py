@@ -6,27 +6,30 @@ slice of the input (the "IN moments"), derive every other statistic (LN, BN,
 running or synchronized BN) from those small ``(N, C)`` tensors, mix them, and
 apply one per-(sample, channel) affine map to the input.
 
-Only two steps per direction touch the big tensor:
+Only two steps per direction touch the big tensor, viewed as ``(N, C, M)``
+rows ``r = (n, c)``:
 
 * forward: one read pass for the moments, one pass that writes
-  ``y = (x - mean_in) * scale + offset`` (centred on each slice's own mean,
+  ``y = (x - mean_in) * scale + offset`` (centred on each row's own mean,
   so that a large common mean cancels before rounding);
 * backward: one read pass for ``sum(dy)`` and ``sum(dy * (x - mean_in))``
   and one pass that writes ``dx = dy * a + (x - mean_in) * b + c``.
 
-On the CPU these run on mmnorm's compiled kernel (``mmnorm/ops/csrc``,
-built on first use by ``mmnorm.ops._kernel``): vectorized, multi-threaded
-row loops that read the input once per pass. For the plain SN statistics
-(the mixes in ``KERNEL_MIXES``: SN, SSN, fixed-source layers) the whole
-layer is one compiled op (``torch.ops.mmnorm.switchable_norm``) with a C++
-autograd node, so a forward and a backward each cost one call from Python.
-Other mixes (e.g. SyncSN's) run their Python ``forward``/``backward``
-between the row passes. Without the
-kernel (no compiler, another device, or ``MMNORM_NO_KERNEL=1``) the same
-passes are composed from PyTorch's own fused kernels
-(``native_group_norm`` with one group per row and its backward, and
-``batch_norm`` in inference mode as a per-row affine map), with one extra
-pass each way.
+Which code runs those passes is decided in one place,
+:func:`mmnorm.ops.dispatch.backend_for`:
+
+* ``cpu_kernel`` / ``triton``: for the plain SN statistics (the mixes in
+  ``KERNEL_MIXES``: SN, SSN, fixed-source layers) the whole layer is the
+  library op ``torch.ops.mmnorm.switchable_norm`` (a C++ autograd node over
+  a forward and a backward device op: C++ on the CPU, Triton on CUDA), so a
+  forward and a backward each cost one call from Python;
+* other mixes (SyncSN's) and the ``composed`` path run :class:`_MomentNorm`,
+  whose row passes come from the same backend: the compiled row ops, the
+  Triton launchers, or stock PyTorch ops (``var_mean``; ``batch_norm`` in
+  inference mode as a centred per-row affine map; the centred row sums of
+  ``native_batch_norm_backward``): forward 2 reads + 1 write, backward
+  three ops, all centred;
+* ``export``: plain ops (:mod:`mmnorm.ops.plain`).
 
 Everything between the moments and the per-row coefficients lives on
 ``(N, C)`` tensors, with a hand-written backward (the ``mix`` object's, or
@@ -45,8 +48,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import _kernel
-from .switchable import KERNEL_MIXES
+from . import dispatch
+from .switchable import KERNEL_MIXES, masked_softmax
 
 # A ``mix`` turns the (N, C) IN moments into the statistics to normalize
 # with, and back-propagates through that map by hand (see SwitchableMix):
@@ -64,41 +67,295 @@ def _stat_dtype(x: Tensor) -> torch.dtype:
     return x.dtype if x.dtype in _EXACT_DTYPES else torch.float32
 
 
-# Added to the variance inside the row-moments kernel only so that a
-# constant row gives a finite rstd; far below any real variance.
-_TINY = 1e-30
+def bessel(count: Any) -> Any:
+    """``count / (count - 1)``, or 1 for a single element, without a
+    Python branch on ``count`` (a traced shape stays symbolic)."""
+    return count / torch.sym_max(count - 1, 1)
 
 
-def _row_moments(rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-row moments of ``rows`` ``(R, M)``, and the rows standardized.
+# --------------------------------------------------------------------------
+# Row passes. Each backend takes the (N, C, M) view of the input in its own
+# dtype and returns statistics in the statistics dtype.
 
-    Uses ``torch.native_group_norm`` with one group per row: PyTorch's
-    fused, vectorized, numerically stable row-moments kernel (one pass over
-    the input, on every device). Returns ``(mean, var, rstd, standardized)``
-    with the biased variance and ``standardized = (rows - mean) * rstd``
-    of shape ``(1, R, M)``, a fresh buffer the caller may overwrite.
+class _KernelRows:
+    """The compiled CPU row kernels: dense float32/float64 rows."""
+
+    @staticmethod
+    def _rows(x3: Tensor) -> Tensor:
+        return x3.to(_stat_dtype(x3)).reshape(-1, x3.shape[2]).contiguous()
+
+    def moments(self, x3: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ops.mmnorm.row_moments(self._rows(x3))
+
+    def affine(self, x3, shift, scale, offset):
+        rows = self._rows(x3)
+        y = torch.ops.mmnorm.row_affine(rows, shift, scale, offset)
+        return y.view(x3.shape).to(x3.dtype)
+
+    def grad_sums(self, dy3, x3, shift):
+        rows = self._rows(x3)
+        dy = dy3.to(rows.dtype).reshape(rows.shape).contiguous()
+        return torch.ops.mmnorm.row_grad_sums(dy, rows, shift)
+
+    def grad_input(self, dy3, x3, shift, a, b, c):
+        rows = self._rows(x3)
+        dy = dy3.to(rows.dtype).reshape(rows.shape).contiguous()
+        dx = torch.ops.mmnorm.row_grad_input(dy, rows, shift, a, b, c)
+        return dx.view(x3.shape).to(x3.dtype)
+
+
+class _TritonRows:
+    """The Triton row kernels (CUDA): any strides, half inputs read as
+    they are."""
+
+    def __init__(self) -> None:
+        from . import triton_rows
+        self.kernels = triton_rows
+
+    def moments(self, x3):
+        return self.kernels.row_moments(x3)
+
+    def affine(self, x3, shift, scale, offset):
+        return self.kernels.row_affine(x3, shift, scale, offset)
+
+    def grad_sums(self, dy3, x3, shift):
+        return self.kernels.row_grad_sums(dy3, x3, shift)
+
+    def grad_input(self, dy3, x3, shift, a, b, c):
+        return self.kernels.row_grad_input(dy3, x3, shift, a, b, c)
+
+
+class _ComposedRows:
+    """Stock PyTorch ops, centred, with the fewest passes they allow."""
+
+    @staticmethod
+    def _rows(x3: Tensor) -> Tensor:
+        # (1, R, M): the R rows as the channels of a batch-norm input
+        return x3.to(_stat_dtype(x3)).reshape(1, -1, x3.shape[2])
+
+    def moments(self, x3):
+        var, mean = torch.var_mean(self._rows(x3), dim=(0, 2), correction=0)
+        return mean, var
+
+    @staticmethod
+    def _centred_affine(rows: Tensor, shift, scale, offset) -> Tensor:
+        # batch_norm in inference mode with unit variance and eps 0 is
+        # exactly (rows - shift) * scale + offset, in one pass
+        return F.batch_norm(rows, shift, torch.ones_like(shift), scale,
+                            offset, False, 0.0, 0.0)
+
+    def affine(self, x3, shift, scale, offset):
+        y = self._centred_affine(self._rows(x3), shift, scale, offset)
+        return y.view(x3.shape).to(x3.dtype)
+
+    def grad_sums(self, dy3, x3, shift):
+        rows = self._rows(x3)
+        dy = dy3.to(rows.dtype).reshape(rows.shape)
+        # with save_invstd = 1: sum(dy * (x - shift)) and sum(dy), centred
+        _, dy_xc, dy_sum = torch.ops.aten.native_batch_norm_backward(
+            dy, rows, None, None, None, shift, torch.ones_like(shift), True,
+            0.0, [False, True, True])
+        return dy_sum, dy_xc
+
+    def grad_input(self, dy3, x3, shift, a, b, c):
+        rows = self._rows(x3)
+        dx = self._centred_affine(rows, shift, b, c)
+        dx = dx.addcmul_(dy3.to(rows.dtype).reshape(rows.shape),
+                         a.view(1, -1, 1))
+        return dx.view(x3.shape).to(x3.dtype)
+
+
+_ROWS: dict[str, Any] = {}
+
+
+def row_passes(backend: str) -> Any:
+    """The row-pass implementation of a backend (see :mod:`.dispatch`)."""
+    if backend not in _ROWS:
+        _ROWS[backend] = {dispatch.CPU_KERNEL: _KernelRows,
+                          dispatch.TRITON: _TritonRows}.get(
+                              backend, _ComposedRows)()
+    return _ROWS[backend]
+
+
+# --------------------------------------------------------------------------
+# The layer math between the row passes, shared by every path.
+
+def forward_rows(rows: Any, x3: Tensor, weight: Optional[Tensor],
+                 bias: Optional[Tensor], eps: float, mix: MixFn,
+                 params: tuple) -> tuple:
+    """``(y3, mean_in, var_in, mean, var, *aux)`` for ``x3`` ``(N, C, M)``
+    with the row passes ``rows``."""
+    n, c, m = x3.shape
+    mean_r, var_r = rows.moments(x3)
+    mean_in = mean_r.view(n, c)
+    var_in = var_r.view(n, c) * bessel(m)
+    mean, var, *aux = mix.forward(mean_in, var_in, *params)
+    scale = (var + eps).rsqrt()
+    if weight is not None:
+        scale = scale * weight
+    # y = (x - mean) * scale + bias
+    #   = (x - mean_in) * scale + offset: centred on the row's own mean,
+    # so a large common mean cancels before rounding.
+    offset = (mean_in - mean) * scale
+    if bias is not None:
+        offset = offset + bias
+    dtype = mean_r.dtype
+    scale = scale.expand(n, c).reshape(-1).to(dtype)
+    offset = offset.reshape(-1).to(dtype)
+    y3 = rows.affine(x3, mean_r, scale, offset)
+    return (y3, mean_in, var_in, mean, var, *aux)
+
+
+def backward_rows(rows: Any, grad3: Tensor, x3: Tensor, mean_in: Tensor,
+                  var_in: Tensor, mean: Tensor, var: Tensor,
+                  weight: Optional[Tensor], bias: Optional[Tensor],
+                  eps: float, mix: MixFn, params: tuple, aux: tuple,
+                  input_grad: bool) -> tuple:
+    """``(grad_x3 or None, grad_weight, grad_bias, *grad_params)``."""
+    n, c, m = x3.shape
+    mean_flat = mean_in.reshape(-1)
+    dy_sum, dy_xc = rows.grad_sums(grad3, x3, mean_flat)
+    grad_shift = dy_sum.view(n, c)
+    # y = x * scale + shift, scale = weight * rstd,
+    # shift = bias - mean * scale, rstd = (var + eps)^-1/2;
+    # sum(dy * (x - mean)) = sum(dy * (x - mean_in))
+    #                        + (mean_in - mean) * sum(dy)
+    rstd = (var + eps).rsqrt()
+    scale = rstd if weight is None else rstd * weight
+    grad_mean = -scale * grad_shift
+    grad_scale_total = dy_xc.view(n, c) + (mean_in - mean) * grad_shift
+    grad_weight = grad_bias = None
+    if weight is not None:
+        grad_weight = (grad_scale_total * rstd).sum(0)
+        grad_rstd = grad_scale_total * weight
+    else:
+        grad_rstd = grad_scale_total
+    if bias is not None:
+        grad_bias = grad_shift.sum(0)
+    grad_var = grad_rstd * (-0.5) * rstd.pow(3)
+
+    grad_mean_in, grad_var_in, *grad_params = mix.backward(
+        mean_in, var_in, tuple(params), tuple(aux), grad_mean.expand(n, c),
+        grad_var.expand(n, c))
+
+    grad_x3 = None
+    if input_grad:
+        # d var_in / dx = 2 (x - mean_in) / (M - 1) (0 if M == 1);
+        # d mean_in / dx = 1 / M, so
+        # dx = dy * scale + (x - mean_in) * k1 + k0.
+        dtype = mean_in.dtype
+        k1 = (grad_var_in * (2.0 / torch.sym_max(m - 1, 1))).reshape(-1)
+        k0 = (grad_mean_in / m).reshape(-1)
+        scale = scale.expand(n, c).reshape(-1)
+        grad_x3 = rows.grad_input(grad3, x3, mean_flat, scale.to(dtype),
+                                  k1.to(dtype), k0.to(dtype))
+    return (grad_x3, grad_weight, grad_bias, *grad_params)
+
+
+class _MomentNorm(torch.autograd.Function):
+    """Any ``mix`` over any backend's row passes (SyncSN; the composed
+    path)."""
+
+    @staticmethod
+    def forward(ctx, x3: Tensor, weight: Optional[Tensor],
+                bias: Optional[Tensor], eps: float, mix: MixFn, backend: str,
+                *params: Optional[Tensor]):
+        with torch.autocast(x3.device.type, enabled=False):
+            y3, mean_in, var_in, mean, var, *aux = forward_rows(
+                row_passes(backend), x3, weight, bias, eps, mix, params)
+        aux = [a.detach() for a in aux]
+        ctx.save_for_backward(x3, mean_in, var_in, mean.detach(),
+                              var.detach(), weight, bias, *aux, *params)
+        ctx.num_aux = len(aux)
+        ctx.eps = eps
+        ctx.mix = mix
+        ctx.backend = backend
+        ctx.mark_non_differentiable(*aux)
+        return (y3, *aux)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Tensor, *unused_aux_grads):
+        (x3, mean_in, var_in, mean, var, weight, bias,
+         *rest) = ctx.saved_tensors
+        aux, params = rest[:ctx.num_aux], rest[ctx.num_aux:]
+        with torch.autocast(x3.device.type, enabled=False):
+            grad_x3, grad_weight, grad_bias, *grad_params = backward_rows(
+                row_passes(ctx.backend), grad_y, x3, mean_in, var_in, mean,
+                var, weight, bias, ctx.eps, ctx.mix, params, aux,
+                ctx.needs_input_grad[0])
+        return (grad_x3, grad_weight, grad_bias, None, None, None,
+                *grad_params)
+
+
+def switchable_norm(x: Tensor, weight: Optional[Tensor],
+                    bias: Optional[Tensor], eps: float, mix: MixFn,
+                    mean_param: Tensor, var_param: Tensor,
+                    running_mean: Optional[Tensor] = None,
+                    running_var: Optional[Tensor] = None,
+                    available: Optional[Tensor] = None
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """Normalize ``x`` with SN-family statistics mixed by ``mix``.
+
+    Args:
+        x: ``(N, C, *)`` input, not empty; the statistics of a (sample,
+            channel) slice are over all its ``*`` elements (one for
+            ``(N, C)`` input).
+        weight, bias: ``(C,)`` affine parameters, or ``None``.
+        eps: added to the mixed variance.
+        mix: e.g. :class:`mmnorm.ops.SwitchableMix` (see :data:`MixFn`).
+        mean_param, var_param: ``(3,)`` mixing weights over [IN, LN, BN];
+            with ``available`` they are lambdas and the weights are their
+            softmax over the available branches (computed inside the op).
+        running_mean, running_var: ``(C,)`` BN statistics to use instead
+            of the batch's, or ``None``.
+        available: ``(3,)`` bool mask of the branches the softmax covers.
+
+    Returns:
+        ``(y, batch_mean, batch_var)``: ``y`` of the shape and dtype of
+        ``x``; the ``(C,)`` BN statistics the layer used (no gradient).
     """
-    num_rows, num_elems = rows.shape
-    standardized, mean, rstd = torch.native_group_norm(
-        rows.contiguous().view(1, num_rows, num_elems), None, None, 1,
-        num_rows, num_elems, num_rows, _TINY)
-    mean, rstd = mean.view(num_rows), rstd.view(num_rows)
-    var = (rstd.reciprocal().square() - _TINY).clamp(min=0)
-    return mean, var, rstd, standardized
+    backend = dispatch.backend_for(x)
+    if backend == dispatch.EXPORT:
+        from .plain import switchable_norm_plain
+        if available is not None:
+            mean_param = masked_softmax(mean_param, available)
+            var_param = masked_softmax(var_param, available)
+        return switchable_norm_plain(x, weight, bias, mean_param, var_param,
+                                     running_mean, running_var, eps,
+                                     mix.flat_input)
+    if backend != dispatch.COMPOSED and type(mix) in KERNEL_MIXES:
+        return torch.ops.mmnorm.switchable_norm(
+            x, weight, bias, mean_param, var_param, available, running_mean,
+            running_var, eps, mix.flat_input)
+    if available is not None:
+        mean_param = masked_softmax(mean_param, available)
+        var_param = masked_softmax(var_param, available)
+    x3 = x.reshape(x.shape[0], x.shape[1], -1)
+    y3, *aux = _MomentNorm.apply(x3, weight, bias, eps, mix, backend,
+                                 mean_param, var_param, running_mean,
+                                 running_var)
+    return (y3.view(x.shape), *aux)
 
 
-def _row_affine(rows: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """``rows * scale[:, None] + shift[:, None]`` in one fused pass.
+def moment_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                eps: float, mix: MixFn,
+                *params: Optional[Tensor]) -> tuple[Tensor, ...]:
+    """Normalize ``x`` with statistics mixed from its per-sample moments.
 
-    ``batch_norm`` in inference mode with zero mean and unit variance is
-    exactly a per-channel affine map; viewing the ``R`` rows as channels
-    makes it per row.
+    Like :func:`switchable_norm` with the weights given, for any ``mix``
+    and any number of ``params`` passed to it (gradients flow to them).
+
+    Returns:
+        ``(y, *aux)`` with ``y`` of the shape and dtype of ``x``.
     """
-    num_rows = rows.shape[0]
-    zeros = rows.new_zeros(num_rows)
-    ones = rows.new_ones(num_rows)
-    return F.batch_norm(rows.unsqueeze(0), zeros, ones, scale, shift,
-                        False, 0.0, 0.0).squeeze(0)
+    if len(params) == 4:
+        return switchable_norm(x, weight, bias, eps, mix, *params)
+    backend = dispatch.backend_for(x)
+    x3 = x.reshape(x.shape[0], x.shape[1], -1)
+    y3, *aux = _MomentNorm.apply(x3, weight, bias, eps, mix, backend,
+                                 *params)
+    return (y3.view(x.shape), *aux)
 
 
 def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -108,179 +365,17 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
         x: ``(N, C, M)``.
 
     Returns:
-        ``(mean, var)``, each ``(N, C)``. The variance is unbiased (divides by
-        ``M - 1``) as in the authors' SN; a slice of one element has
-        variance 0 instead of NaN.
+        ``(mean, var)``, each ``(N, C)`` in the statistics dtype. The
+        variance is unbiased (divides by ``M - 1``) as in the authors' SN;
+        a slice of one element has variance 0 instead of NaN.
     """
     n, c, m = x.shape
-    rows = x.reshape(n * c, m).contiguous()
     # The kernels have no autograd formula of their own.
     differentiable = torch.is_grad_enabled() and x.requires_grad
-    ops = None if differentiable else kernel_for(rows)
-    if ops is not None:
-        mean, var = ops.row_moments(rows)
+    backend = dispatch.backend_for(x)
+    if differentiable or backend == dispatch.EXPORT:
+        var, mean = torch.var_mean(x.to(_stat_dtype(x)), dim=2,
+                                   correction=0)
     else:
-        mean, var, _, _ = _row_moments(rows)
-    return mean.view(n, c), var.view(n, c) * _bessel(m)
-
-
-def _bessel(count: int) -> float:
-    return count / (count - 1) if count > 1 else 1.0
-
-
-def kernel_for(tensor: Tensor) -> Any:
-    """The compiled kernels (``torch.ops.mmnorm``) for a CPU tensor, else
-    ``None``. The row kernels take float32 or float64 rows; other inputs
-    are converted to their float32 statistics dtype first, as on the
-    composed path."""
-    if tensor.device.type != 'cpu':
-        return None
-    return _kernel.get()
-
-
-class _MomentNorm(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Optional[Tensor],
-                bias: Optional[Tensor], eps: float, mix: MixFn,
-                *params: Optional[Tensor]):
-        n, c, m = x.shape
-        with torch.autocast(x.device.type, enabled=False):
-            rows = x.to(_stat_dtype(x)).reshape(n * c, m).contiguous()
-            ops = kernel_for(rows)
-            if ops is not None:
-                mean_r, var_r = ops.row_moments(rows)
-                rstd_r = None
-            else:
-                mean_r, var_r, rstd_r, standardized = _row_moments(rows)
-            mean_in = mean_r.view(n, c)
-            var_in = var_r.view(n, c) * _bessel(m)
-            mean, var, *aux = mix.forward(mean_in, var_in, *params)
-            scale = (var + eps).rsqrt()
-            if weight is not None:
-                scale = scale * weight
-            # y = (x - mean) * scale + bias
-            #   = (x - mean_in) * scale + offset: centred on the row's own
-            # mean, so a large common mean cancels before rounding.
-            offset = (mean_in - mean) * scale
-            if bias is not None:
-                offset = offset + bias
-            scale = scale.expand(n, c).reshape(-1).to(rows.dtype)
-            offset = offset.reshape(-1).to(rows.dtype)
-            if ops is not None:
-                y = ops.row_affine(rows, mean_r, scale, offset)
-            else:
-                # standardized = (x - mean_in) * rstd_r, rewritten in place.
-                # y stays the (1, N*C, M) base tensor: a view made here
-                # would forbid in-place ops (e.g. ReLU(inplace=True)) on
-                # the output.
-                y = standardized.mul_((scale / rstd_r).unsqueeze(1))
-                y = y.add_(offset.unsqueeze(1))
-            y = y.to(x.dtype)
-        aux = [a.detach() for a in aux]
-        ctx.save_for_backward(x, mean_in, var_in, rstd_r, mean.detach(),
-                              var.detach(), weight, bias, *aux, *params)
-        ctx.num_aux = len(aux)
-        ctx.eps = eps
-        ctx.mix = mix
-        ctx.kernel = ops
-        ctx.mark_non_differentiable(*aux)
-        return (y, *aux)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y: Tensor, *unused_aux_grads):
-        (x, mean_in, var_in, rstd_r, mean, var, weight, bias,
-         *rest) = ctx.saved_tensors
-        aux, params = rest[:ctx.num_aux], rest[ctx.num_aux:]
-        ops = ctx.kernel
-        n, c, m = x.shape
-        with torch.autocast(x.device.type, enabled=False):
-            rows = x.to(_stat_dtype(x)).reshape(n * c, m).contiguous()
-            # The fused kernels need dense rows; autograd may hand us an
-            # expanded (stride-0) gradient, e.g. from y.sum().
-            dy_rows = grad_y.to(rows.dtype).reshape(n * c, m).contiguous()
-            mean_flat = mean_in.reshape(-1)
-            if ops is not None:
-                # One pass for sum(dy) and sum(dy * (x - mean_in)) per row.
-                dy_sum, dy_xc = ops.row_grad_sums(dy_rows, rows, mean_flat)
-            else:
-                # One fused pass for sum(dy * x_hat) and sum(dy) per row.
-                _, dy_xhat, dy_sum = \
-                    torch.ops.aten.native_group_norm_backward(
-                        dy_rows.unsqueeze(0), rows.unsqueeze(0),
-                        mean_in.view(1, -1), rstd_r.view(1, -1),
-                        rows.new_ones(n * c), 1, n * c, m, n * c,
-                        [False, True, True])
-                dy_xc = dy_xhat / rstd_r
-            grad_shift = dy_sum.view(n, c)
-
-            # y = x * scale + shift, scale = weight * rstd,
-            # shift = bias - mean * scale, rstd = (var + eps)^-1/2;
-            # sum(dy * (x - mean)) = sum(dy * (x - mean_in))
-            #                        + (mean_in - mean) * sum(dy)
-            rstd = (var + ctx.eps).rsqrt()
-            scale = rstd if weight is None else rstd * weight
-            grad_mean = -scale * grad_shift
-            grad_scale_total = (dy_xc.view(n, c)
-                                + (mean_in - mean) * grad_shift)
-            grad_weight = grad_bias = None
-            if weight is not None:
-                grad_weight = (grad_scale_total * rstd).sum(0)
-                grad_rstd = grad_scale_total * weight
-            else:
-                grad_rstd = grad_scale_total
-            if bias is not None:
-                grad_bias = grad_shift.sum(0)
-            grad_var = grad_rstd * (-0.5) * rstd.pow(3)
-
-            grad_mean_in, grad_var_in, *grad_params = ctx.mix.backward(
-                mean_in, var_in, tuple(params), tuple(aux),
-                grad_mean.expand(n, c), grad_var.expand(n, c))
-
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                # d var_in / dx = 2 (x - mean_in) / (M - 1) (0 if M == 1);
-                # d mean_in / dx = 1 / M, so
-                # dx = dy * scale + (x - mean_in) * k1 + k0.
-                k1 = (grad_var_in * (2.0 / max(m - 1, 1))).reshape(-1)
-                k0 = (grad_mean_in / m).reshape(-1)
-                scale = scale.expand(n, c).reshape(-1)
-                if ops is not None:
-                    grad_x = ops.row_grad_input(
-                        dy_rows, rows, mean_flat, scale.to(rows.dtype),
-                        k1.to(rows.dtype), k0.to(rows.dtype))
-                else:
-                    grad_x = _row_affine(dy_rows, scale,
-                                         k0 - k1 * mean_flat)
-                    grad_x.addcmul_(rows, k1.unsqueeze(1))
-                grad_x = grad_x.view(n, c, m).to(x.dtype)
-        return (grad_x, grad_weight, grad_bias, None, None, *grad_params)
-
-
-def moment_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                eps: float, mix: MixFn,
-                *params: Optional[Tensor]) -> tuple[Tensor, ...]:
-    """Normalize ``x`` with statistics mixed from its per-sample moments.
-
-    Args:
-        x: ``(N, C, *)`` input, not empty; the statistics of a (sample,
-            channel) slice are over all its ``*`` elements (one for
-            ``(N, C)`` input).
-        weight, bias: ``(C,)`` affine parameters, or ``None``.
-        eps: added to the mixed variance.
-        mix: object with ``forward`` and ``backward`` as described at
-            :data:`MixFn` (e.g. :class:`mmnorm.ops.SwitchableMix`).
-        *params: tensors passed to ``mix``; gradients flow to them.
-
-    Returns:
-        ``(y, *aux)`` with ``y`` of the shape and dtype of ``x``.
-    """
-    ops = kernel_for(x) if type(mix) in KERNEL_MIXES else None
-    if ops is not None and len(params) == 4:
-        # The whole layer, forward and backward, in one compiled op each.
-        return ops.switchable_norm(x, weight, bias, *params,
-                                   eps, mix.flat_input)
-    rows = x.reshape(x.shape[0], x.shape[1], -1)
-    y, *aux = _MomentNorm.apply(rows, weight, bias, eps, mix, *params)
-    return (y.view(x.shape), *aux)
+        mean, var = row_passes(backend).moments(x)
+    return mean.view(n, c), var.view(n, c) * bessel(m)

@@ -12,9 +12,9 @@
 //
 // and, on the small (N, C) statistics, the mixing of Switchable
 // Normalization and its backward (sn_mix_forward, sn_mix_backward). The
-// layers call the last section's ops, switchable_norm and
-// switchable_norm_from_lambdas: the whole layer, built from the above, with
-// a C++ autograd node.
+// layers call the last section's ops: the whole layer as a forward and a
+// backward device op built from the above, and switchable_norm, which ties
+// them together with a C++ autograd node.
 //
 // Sums are accumulated in vector registers of the input type over short
 // blocks and folded into double after each block, so float32 rows of any
@@ -26,7 +26,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/irange.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
@@ -709,20 +711,31 @@ sn_mix_backward(const Tensor& sum_dy, const Tensor& sum_dy_xc,
 }
 
 // ---------------------------------------------------------------------------
-// The whole layer as one op with a C++ autograd node, so that a forward and
-// a backward each cost one call from Python: per-call overhead (Python
-// bodies of autograd Functions, small tensor ops) was a third of the time of
-// a layer at ResNet's late-stage shapes.
+// The whole layer, as three ops:
 //
-//   switchable_norm(x (N, C, *), weight, bias, mean_weight, var_weight,
-//                   running_mean, running_var, eps, flat)
-//       -> (y (N, C, *), mean_bn (C,), var_bn (C,))
-//   switchable_norm_from_lambdas(x, weight, bias, mean_lambda, var_lambda,
-//                                available (3,) bool, mean_choice,
-//                                var_choice, running_mean, running_var, eps,
-//                                flat) -> the same, with the mixing weights
-//       derived from the lambdas: softmax over the available branches for a
-//       choice of -1, else the frozen one-hot of the choice (gradient 0).
+//   switchable_norm_forward(x (N, C, *), weight?, bias?, mean_weight (3,),
+//       var_weight (3,), running_mean?, running_var?, eps, flat)
+//       -> (y (N, C, *), mean_in (N, C), var_in (N, C), mean_bn (C,),
+//           var_bn (C,))
+//   switchable_norm_backward(grad_y, x, mean_in, var_in, weight?, bias?,
+//       mean_weight, var_weight, running_mean?, running_var?, eps, flat,
+//       input_grad)
+//       -> (grad_x, grad_weight, grad_bias, grad_mean_weight,
+//           grad_var_weight); grad_x is empty (0,) unless input_grad, and
+//           grad_weight / grad_bias are empty without weight / bias.
+//   switchable_norm(x, weight?, bias?, mean_param, var_param, available?,
+//       running_mean?, running_var?, eps, flat) -> (y, mean_bn, var_bn)
+//       with `available` ((3,) bool) the params are lambdas and the weights
+//       their softmax over the available branches; without it the params
+//       are the weights.
+//
+// The first two are device ops: their CPU kernels are here, their CUDA
+// (Triton) and fake kernels are registered from Python
+// (mmnorm/ops/library.py). switchable_norm ties them together with a C++
+// autograd node under the Autograd key, so that eager training costs one
+// call from Python per direction and no Python autograd work, while
+// torch.compile traces the two device ops through the node (as it does for
+// torchvision's roi_align).
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -780,74 +793,100 @@ std::optional<Tensor> if_defined(const Tensor& t) {
   return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
 }
 
-// (3,) mixing weights from lambdas: the softmax over the available entries
-// (0 elsewhere) for choice < 0, else the one-hot of the choice, whose
-// gradient to the lambdas is exactly zero (a frozen SSN layer keeps its
-// lambdas in the graph, so DDP sees them used).
-Tensor weights_from_logits(const Tensor& logits, const Tensor& available,
-                           int64_t choice) {
-  TORCH_CHECK(logits.numel() == 3 && available.numel() == 3 &&
-                  available.scalar_type() == at::kBool &&
-                  available.device().is_cpu() && logits.device().is_cpu(),
-              "mmnorm switchable_norm: expected 3 CPU lambdas and a (3,) bool "
-              "mask of the available branches");
-  TORCH_CHECK(choice < 3, "mmnorm switchable_norm: choice must be < 3, got ",
-              choice);
-  // half / bfloat16 lambdas: computed in float32, returned in their dtype
-  const Tensor lam = is_exact(logits.scalar_type())
-                         ? logits.contiguous()
-                         : logits.to(at::kFloat).contiguous();
-  const Tensor mask = available.contiguous();
-  const bool* ok = mask.const_data_ptr<bool>();
-  TORCH_CHECK(choice >= 0 || ok[0] || ok[1] || ok[2],
-              "mmnorm switchable_norm: no branch is available");
-  Tensor out = at::empty({3}, lam.options());
-  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "mmnorm_weights", [&] {
-    const scalar_t* l = lam.const_data_ptr<scalar_t>();
-    scalar_t* w = out.mutable_data_ptr<scalar_t>();
-    if (choice >= 0) {
-      for (int k = 0; k < 3; ++k) w[k] = k == choice ? 1 : 0;
-      return;
-    }
-    double top = -INFINITY;
-    for (int k = 0; k < 3; ++k) {
-      if (ok[k]) top = std::max(top, static_cast<double>(l[k]));
-    }
-    double e[3], total = 0.0;
-    for (int k = 0; k < 3; ++k) {
-      e[k] = ok[k] ? std::exp(static_cast<double>(l[k]) - top) : 0.0;
-      total += e[k];
-    }
-    for (int k = 0; k < 3; ++k) w[k] = static_cast<scalar_t>(e[k] / total);
-  });
-  if (out.scalar_type() != logits.scalar_type()) {
-    out = out.to(logits.scalar_type());
-  }
-  return out;
+using ForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+ForwardResult switchable_norm_forward(
+    const Tensor& x, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& bias, const Tensor& mean_weight,
+    const Tensor& var_weight, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& running_var, double eps, bool flat) {
+  NormForward out = norm_forward(x, weight, bias, mean_weight, var_weight,
+                                 running_mean, running_var, eps, flat);
+  return {out.y, out.mean_in, out.var_in, out.mean_bn, out.var_bn};
 }
 
-// d logits of the softmax for choice < 0 (zero for unavailable entries,
-// whose weight is 0), exactly zero for a frozen choice.
-Tensor weights_backward(const Tensor& grad, const Tensor& weights,
-                        int64_t choice) {
-  if (choice >= 0 || !grad.defined()) {
-    return at::zeros_like(weights);
+using BackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+BackwardResult switchable_norm_backward(
+    const Tensor& grad_y, const Tensor& x, const Tensor& mean_in,
+    const Tensor& var_in, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& bias, const Tensor& mean_weight,
+    const Tensor& var_weight, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& running_var, double eps, bool flat,
+    bool input_grad) {
+  check_norm_input(x);
+  const Tensor rows = stat_rows(x);
+  const int64_t m = rows.size(1);
+  // dense rows: autograd may hand over an expanded (stride-0) gradient
+  const Tensor dy_rows =
+      grad_y.to(rows.scalar_type()).reshape(rows.sizes()).contiguous();
+  const Tensor mean_flat = mean_in.reshape({rows.size(0)});
+  auto [dy_sum, dy_xc] = row_grad_sums(dy_rows, rows, mean_flat);
+  auto [coef_dy, coef_x, coef_one, grad_weight, grad_bias, grad_mean_w,
+        grad_var_w] =
+      sn_mix_backward(dy_sum, dy_xc, mean_in, var_in, mean_weight,
+                      var_weight, running_mean, running_var, weight, bias,
+                      eps, flat, m);
+  Tensor grad_x;
+  if (input_grad) {
+    grad_x = row_grad_input(dy_rows, rows, mean_flat, coef_dy, coef_x,
+                            coef_one)
+                 .view(x.sizes());
+    if (grad_x.scalar_type() != x.scalar_type()) {
+      grad_x = grad_x.to(x.scalar_type());
+    }
+  } else {
+    grad_x = at::empty({0}, x.options());
   }
-  const Tensor w = weights.to(at::kDouble);
-  const Tensor g = grad.to(at::kDouble).contiguous();
-  const double* wp = w.const_data_ptr<double>();
-  const double* gp = g.const_data_ptr<double>();
-  const double dot = wp[0] * gp[0] + wp[1] * gp[1] + wp[2] * gp[2];
-  Tensor out = at::empty({3}, w.options());
-  double* o = out.mutable_data_ptr<double>();
-  for (int k = 0; k < 3; ++k) o[k] = wp[k] * (gp[k] - dot);
-  return out.to(weights.scalar_type());
+  if (!weight.has_value()) {
+    grad_weight = at::empty({0}, mean_weight.options());
+  }
+  if (!bias.has_value()) {
+    grad_bias = at::empty({0}, mean_weight.options());
+  }
+  return {grad_x, grad_weight, grad_bias, grad_mean_w, grad_var_w};
 }
 
-// The layer's autograd node. With `available` the mixing weights are
-// derived from the lambdas inside the op (softmax, or a frozen one-hot
-// per choice >= 0), which saves a second op call and graph node per layer;
-// without it mean_param / var_param are the weights themselves.
+// Calls through the dispatcher, so that the CUDA, fake and tracing kernels
+// registered for the device ops are used.
+ForwardResult call_forward(
+    const Tensor& x, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& bias, const Tensor& mean_weight,
+    const Tensor& var_weight, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& running_var, double eps, bool flat) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mmnorm::switchable_norm_forward", "")
+                       .typed<decltype(switchable_norm_forward)>();
+  return op.call(x, weight, bias, mean_weight, var_weight, running_mean,
+                 running_var, eps, flat);
+}
+
+BackwardResult call_backward(
+    const Tensor& grad_y, const Tensor& x, const Tensor& mean_in,
+    const Tensor& var_in, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& bias, const Tensor& mean_weight,
+    const Tensor& var_weight, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& running_var, double eps, bool flat,
+    bool input_grad) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mmnorm::switchable_norm_backward", "")
+          .typed<decltype(switchable_norm_backward)>();
+  return op.call(grad_y, x, mean_in, var_in, weight, bias, mean_weight,
+                 var_weight, running_mean, running_var, eps, flat,
+                 input_grad);
+}
+
+// The (3,) weights: softmax of the lambdas over the available branches (0
+// elsewhere), in tensor ops only, so that fake tensors trace through.
+Tensor mixing_weights(const Tensor& param,
+                      const std::optional<Tensor>& available) {
+  if (!available.has_value()) {
+    return param;
+  }
+  return param.masked_fill(available->logical_not(), -INFINITY).softmax(0);
+}
+
 class SwitchableNormFunction
     : public torch::autograd::Function<SwitchableNormFunction> {
  public:
@@ -856,33 +895,26 @@ class SwitchableNormFunction
                                const std::optional<Tensor>& bias,
                                const Tensor& mean_param,
                                const Tensor& var_param,
+                               const std::optional<Tensor>& available,
                                const std::optional<Tensor>& running_mean,
                                const std::optional<Tensor>& running_var,
-                               double eps, bool flat,
-                               const std::optional<Tensor>& available,
-                               int64_t mean_choice, int64_t var_choice) {
+                               double eps, bool flat) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    const bool from_lambdas = available.has_value() && available->defined();
-    const Tensor mean_weight =
-        from_lambdas ? weights_from_logits(mean_param, *available, mean_choice)
-                     : mean_param;
-    const Tensor var_weight =
-        from_lambdas ? weights_from_logits(var_param, *available, var_choice)
-                     : var_param;
-    NormForward out = norm_forward(x, weight, bias, mean_weight, var_weight,
-                                   running_mean, running_var, eps, flat);
+    const Tensor mean_weight = mixing_weights(mean_param, available);
+    const Tensor var_weight = mixing_weights(var_param, available);
+    auto [y, mean_in, var_in, mean_bn, var_bn] =
+        call_forward(x, weight, bias, mean_weight, var_weight, running_mean,
+                     running_var, eps, flat);
     // The only large tensor saved is the input itself.
-    ctx->save_for_backward({x, out.mean_in, out.var_in, or_undefined(weight),
+    ctx->save_for_backward({x, mean_in, var_in, or_undefined(weight),
                             or_undefined(bias), mean_weight, var_weight,
                             or_undefined(running_mean),
                             or_undefined(running_var)});
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["flat"] = flat;
-    ctx->saved_data["from_lambdas"] = from_lambdas;
-    ctx->saved_data["mean_choice"] = mean_choice;
-    ctx->saved_data["var_choice"] = var_choice;
-    ctx->mark_non_differentiable({out.mean_bn, out.var_bn});
-    return {out.y, out.mean_bn, out.var_bn};
+    ctx->saved_data["from_lambdas"] = available.has_value();
+    ctx->mark_non_differentiable({mean_bn, var_bn});
+    return {y, mean_bn, var_bn};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -915,68 +947,59 @@ class SwitchableNormFunction
                                             const variable_list& grads) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor& x = saved[0];
-    const Tensor& mean_in = saved[1];
-    const Tensor& var_in = saved[2];
     const auto weight = if_defined(saved[3]);
     const auto bias = if_defined(saved[4]);
-    const double eps = ctx->saved_data["eps"].toDouble();
-    const bool flat = ctx->saved_data["flat"].toBool();
-    const Tensor rows = stat_rows(x);
-    const int64_t m = rows.size(1);
-    // dense rows: autograd may hand over an expanded (stride-0) gradient
-    const Tensor dy_rows =
-        grads[0].to(rows.scalar_type()).reshape(rows.sizes()).contiguous();
-    const Tensor mean_flat = mean_in.reshape({rows.size(0)});
-    auto [dy_sum, dy_xc] = row_grad_sums(dy_rows, rows, mean_flat);
-    auto [coef_dy, coef_x, coef_one, grad_weight, grad_bias, grad_mean_w,
-          grad_var_w] =
-        sn_mix_backward(dy_sum, dy_xc, mean_in, var_in, saved[5], saved[6],
-                        if_defined(saved[7]), if_defined(saved[8]), weight,
-                        bias, eps, flat, m);
-    Tensor grad_x;
-    if (ctx->needs_input_grad(0)) {
-      grad_x = row_grad_input(dy_rows, rows, mean_flat, coef_dy, coef_x,
-                              coef_one)
-                   .view(x.sizes());
-      if (grad_x.scalar_type() != x.scalar_type()) {
-        grad_x = grad_x.to(x.scalar_type());
-      }
-    }
+    const Tensor& mean_weight = saved[5];
+    const Tensor& var_weight = saved[6];
+    const Tensor grad_y = grads[0].defined() ? grads[0] : at::zeros_like(x);
+    auto [grad_x, grad_weight, grad_bias, grad_mean_w, grad_var_w] =
+        call_backward(grad_y, x, saved[1], saved[2], weight, bias,
+                      mean_weight, var_weight, if_defined(saved[7]),
+                      if_defined(saved[8]),
+                      ctx->saved_data["eps"].toDouble(),
+                      ctx->saved_data["flat"].toBool(),
+                      ctx->needs_input_grad(0));
     if (ctx->saved_data["from_lambdas"].toBool()) {
-      grad_mean_w = weights_backward(grad_mean_w, saved[5],
-                                     ctx->saved_data["mean_choice"].toInt());
-      grad_var_w = weights_backward(grad_var_w, saved[6],
-                                    ctx->saved_data["var_choice"].toInt());
+      // softmax backward; unavailable branches have weight 0, so 0 here
+      grad_mean_w = mean_weight.mul(
+          grad_mean_w.sub(mean_weight.mul(grad_mean_w).sum()));
+      grad_var_w =
+          var_weight.mul(grad_var_w.sub(var_weight.mul(grad_var_w).sum()));
     }
-    return {grad_x,   weight ? grad_weight : Tensor(),
+    return {ctx->needs_input_grad(0) ? grad_x : Tensor(),
+            weight ? grad_weight : Tensor(),
             bias ? grad_bias : Tensor(),
-            grad_mean_w, grad_var_w,
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor()};
+            grad_mean_w,
+            grad_var_w,
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 std::tuple<Tensor, Tensor, Tensor> switchable_norm_autograd(
     const Tensor& x, const std::optional<Tensor>& weight,
-    const std::optional<Tensor>& bias, const Tensor& mean_weight,
-    const Tensor& var_weight, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& bias, const Tensor& mean_param,
+    const Tensor& var_param, const std::optional<Tensor>& available,
+    const std::optional<Tensor>& running_mean,
     const std::optional<Tensor>& running_var, double eps, bool flat) {
   const variable_list out = SwitchableNormFunction::apply(
-      x, weight, bias, mean_weight, var_weight, running_mean, running_var,
-      eps, flat, std::optional<Tensor>(), int64_t{-1}, int64_t{-1});
+      x, weight, bias, mean_param, var_param, available, running_mean,
+      running_var, eps, flat);
   return {out[0], out[1], out[2]};
 }
 
-std::tuple<Tensor, Tensor, Tensor> switchable_norm_from_lambdas_autograd(
+// Below autograd (inference mode, or a trace after the autograd node):
+// the forward op alone.
+std::tuple<Tensor, Tensor, Tensor> switchable_norm_inference(
     const Tensor& x, const std::optional<Tensor>& weight,
-    const std::optional<Tensor>& bias, const Tensor& mean_lambda,
-    const Tensor& var_lambda, const Tensor& available, int64_t mean_choice,
-    int64_t var_choice, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& bias, const Tensor& mean_param,
+    const Tensor& var_param, const std::optional<Tensor>& available,
+    const std::optional<Tensor>& running_mean,
     const std::optional<Tensor>& running_var, double eps, bool flat) {
-  const variable_list out = SwitchableNormFunction::apply(
-      x, weight, bias, mean_lambda, var_lambda, running_mean, running_var,
-      eps, flat, std::optional<Tensor>(available), mean_choice, var_choice);
-  return {out[0], out[1], out[2]};
+  auto [y, mean_in, var_in, mean_bn, var_bn] = call_forward(
+      x, weight, bias, mixing_weights(mean_param, available),
+      mixing_weights(var_param, available), running_mean, running_var, eps,
+      flat);
+  return {y, mean_bn, var_bn};
 }
 
 }  // namespace
@@ -1000,14 +1023,21 @@ TORCH_LIBRARY(mmnorm, m) {
       "Tensor? bias, float eps, bool flat, int count) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "switchable_norm(Tensor x, Tensor? weight, Tensor? bias, "
+      "switchable_norm_forward(Tensor x, Tensor? weight, Tensor? bias, "
       "Tensor mean_weight, Tensor var_weight, Tensor? running_mean, "
-      "Tensor? running_var, float eps, bool flat) -> (Tensor, Tensor, Tensor)");
+      "Tensor? running_var, float eps, bool flat) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "switchable_norm_from_lambdas(Tensor x, Tensor? weight, Tensor? bias, "
-      "Tensor mean_lambda, Tensor var_lambda, Tensor available, "
-      "int mean_choice, int var_choice, Tensor? running_mean, "
-      "Tensor? running_var, float eps, bool flat) -> (Tensor, Tensor, Tensor)");
+      "switchable_norm_backward(Tensor grad_y, Tensor x, Tensor mean_in, "
+      "Tensor var_in, Tensor? weight, Tensor? bias, Tensor mean_weight, "
+      "Tensor var_weight, Tensor? running_mean, Tensor? running_var, "
+      "float eps, bool flat, bool input_grad) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "switchable_norm(Tensor x, Tensor? weight, Tensor? bias, "
+      "Tensor mean_param, Tensor var_param, Tensor? available, "
+      "Tensor? running_mean, Tensor? running_var, float eps, bool flat) -> "
+      "(Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mmnorm, CPU, m) {
@@ -1017,13 +1047,14 @@ TORCH_LIBRARY_IMPL(mmnorm, CPU, m) {
   m.impl("row_grad_input", row_grad_input);
   m.impl("sn_mix_forward", sn_mix_forward);
   m.impl("sn_mix_backward", sn_mix_backward);
+  m.impl("switchable_norm_forward", switchable_norm_forward);
+  m.impl("switchable_norm_backward", switchable_norm_backward);
 }
 
-// One kernel for every dispatch key: the autograd node's forward runs the
-// CPU computation (and checks the device), and without grad mode or under
-// inference mode Function::apply just runs that forward.
-TORCH_LIBRARY_IMPL(mmnorm, CompositeImplicitAutograd, m) {
+TORCH_LIBRARY_IMPL(mmnorm, Autograd, m) {
   m.impl("switchable_norm", switchable_norm_autograd);
-  m.impl("switchable_norm_from_lambdas",
-         switchable_norm_from_lambdas_autograd);
+}
+
+TORCH_LIBRARY_IMPL(mmnorm, CompositeExplicitAutograd, m) {
+  m.impl("switchable_norm", switchable_norm_inference);
 }
