@@ -51,7 +51,7 @@ def track_where(layer: SwitchableNorm, batch_mean: Tensor,
     """``layer._track(batch_mean, batch_var)`` where the 0-dim bool tensor
     ``valid`` is true, on the device. Where the SN base cannot skip by
     itself, the batch statistics are replaced by the running ones, which
-    leaves the buffers' values unchanged."""
+    leaves the buffers' values unchanged, and the count is taken back."""
     if _TRACK_TAKES_VALID:
         SwitchableNorm._track(layer, batch_mean, batch_var, valid)
         return
@@ -60,7 +60,10 @@ def track_where(layer: SwitchableNorm, batch_mean: Tensor,
                                  layer.running_mean)
         batch_var = torch.where(valid, batch_var.to(layer.running_var),
                                 layer.running_var)
+        counted = layer._population is None and layer.using_moving_average
     SwitchableNorm._track(layer, batch_mean, batch_var)
+    if counted:
+        layer.num_batches_tracked.sub_((~valid).long())
 
 
 class SparseSwitchableNorm(SwitchableNorm):

@@ -10,6 +10,7 @@ They deliberately do not subclass ``nn.SyncBatchNorm``: mmengine turns every
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional
 
 import torch
@@ -19,7 +20,7 @@ from ..ops.distributed import SyncSwitchableMix, distributed_world_size
 from ..ops.moment_norm import _stat_dtype
 from ..ops.switchable import SwitchableMix
 from .sn import SwitchableNorm
-from .ssn import SparseSwitchableNorm
+from .ssn import SparseSwitchableNorm, track_where
 
 
 class _EmptyBatchParticipation(torch.autograd.Function):
@@ -30,13 +31,13 @@ class _EmptyBatchParticipation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, mix: SyncSwitchableMix, channels: int
-                ) -> tuple[Tensor, Tensor, Tensor]:
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         # same dtype as the statistics the other ranks reduce
         empty = x.new_zeros((0, channels), dtype=_stat_dtype(x))
-        mean_bn, var_bn = mix.batch_stats(empty, empty)
+        mean_bn, var_bn, valid = mix.batch_stats_with_valid(empty, empty)
         ctx.mix, ctx.channels = mix, channels
-        ctx.mark_non_differentiable(mean_bn, var_bn)
-        return x.clone(), mean_bn, var_bn
+        ctx.mark_non_differentiable(mean_bn, var_bn, valid)
+        return x.clone(), mean_bn, var_bn, valid
 
     @staticmethod
     def backward(ctx, grad: Tensor, *unused):
@@ -65,11 +66,16 @@ class _SynchronizedBatchStats:
         out = super()._empty_output(input, *weights)
         if not self._synchronized():
             return out
-        out, mean_bn, var_bn = _EmptyBatchParticipation.apply(
+        out, mean_bn, var_bn, valid = _EmptyBatchParticipation.apply(
             out, SyncSwitchableMix(input.dim() == 2, self.process_group),
             self.num_features)
         if self.track_running_stats:
-            self._track(mean_bn, var_bn)  # keep buffers equal on all ranks
+            # keep buffers equal on all ranks; unchanged (as in SN) when no
+            # rank has a sample, decided on the device
+            if 'valid' in inspect.signature(self._track).parameters:
+                self._track(mean_bn, var_bn, valid=valid)
+            else:  # an SN base whose _track cannot skip by itself
+                track_where(self, mean_bn, var_bn, valid)
         return out
 
 

@@ -2,13 +2,18 @@
 
 Only the BN branch of SN looks across samples, and SN derives it from the
 per-sample IN moments, so synchronizing SN means all-reducing small
-per-channel sums, not activations:
+per-channel sums, not activations. One all-reduce per direction:
 
 forward
-    ``[sum_n mean_in, N]`` (one all-reduce) gives the global ``mean_bn``;
-    ``sum_n (var_in + (mean_in - mean_bn)^2)`` (a second one) gives the
-    global ``var_bn``. Two small all-reduces instead of one with raw second
-    moments, so that float32 cancellation cannot eat the variance.
+    every process reduces its ``n`` samples' IN moments to a count, a
+    centred second moment and a mean, ``m_r = mean_n mean_in`` and
+    ``M2_r = sum_n (var_in + (mean_in - m_r)^2)``, and all-reduces the
+    float64 payload ``[n, n m_r, M2_r + n m_r^2]`` (``2C + 1`` numbers).
+    With the sums ``N``, ``S1``, ``S2``: ``mean_bn = S1 / N`` and
+    ``var_bn = S2 / N - mean_bn^2``. Float64 keeps the subtraction exact
+    enough (relative error about ``1e-16 (mean / std)^2``, ``1e-8`` at a
+    mean ``1e4`` standard deviations from zero), where the same payload in
+    float32 would lose the variance to cancellation (``4e-2`` at 300).
 backward
     the ``(C,)`` gradients of ``mean_bn`` and ``var_bn`` are summed over
     processes (one all-reduce, with the sample count), since every process
@@ -16,8 +21,11 @@ backward
 
 Every sample counts once, so processes with different batch sizes (and
 different spatial sizes) are exact. The result equals single-process SN on
-the concatenated batch, outputs and gradients alike. Plain
-``torch.distributed`` collectives: works with ``gloo`` (CPU) and ``nccl``.
+the concatenated batch, outputs and gradients alike. When no process has a
+sample (a mask head without a positive RoI anywhere) the statistics are
+zeros flagged invalid (``batch_stats_with_valid``), never 0/0. Nothing is
+read back to the host, and every collective runs on the statistics'
+device: works with ``gloo`` (CPU) and ``nccl``.
 """
 from __future__ import annotations
 
@@ -52,18 +60,33 @@ class SyncSwitchableMix(SwitchableMix):
         dist.all_reduce(t, group=self.process_group)
         return t
 
+    def batch_stats_with_valid(self, mean_in: Tensor, var_in: Tensor
+                               ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(mean_bn, var_bn, valid)``: the BN statistics over all
+        processes' samples (``(C,)``, dtype of ``mean_in``) and a 0-dim
+        bool tensor, false when no process has a sample (the statistics
+        are then 0). One all-reduce."""
+        count, channels = mean_in.shape
+        mean64, var64 = mean_in.double(), var_in.double()
+        sum_mean = mean64.sum(0)
+        local_mean = sum_mean / max(count, 1)
+        centred_m2 = (var64 + (mean64 - local_mean).square()).sum(0)
+        payload = self._all_reduce(torch.cat([
+            sum_mean.new_full((1,), count), sum_mean,
+            centred_m2 + sum_mean * local_mean]))
+        total = payload[0]
+        valid = total > 0
+        total_safe = total.clamp(min=1)
+        mean_bn = payload[1:channels + 1] / total_safe
+        var_bn = (payload[channels + 1:] / total_safe
+                  - mean_bn.square()).clamp(min=0)
+        if self.flat_input:
+            var_bn = var_bn * _bessel(total)
+        return mean_bn.to(mean_in.dtype), var_bn.to(mean_in.dtype), valid
+
     def batch_stats(self, mean_in: Tensor, var_in: Tensor
                     ) -> tuple[Tensor, Tensor]:
-        channels = mean_in.shape[1]
-        sums = self._all_reduce(torch.cat([
-            mean_in.sum(0), mean_in.new_full((1,), mean_in.shape[0])]))
-        count = sums[channels]
-        mean_bn = sums[:channels] / count
-        spread = self._all_reduce(
-            (var_in + (mean_in - mean_bn).square()).sum(0))
-        var_bn = spread / count
-        if self.flat_input:
-            var_bn = var_bn * _bessel(count)
+        mean_bn, var_bn, _ = self.batch_stats_with_valid(mean_in, var_in)
         return mean_bn, var_bn
 
     def batch_stats_backward(self, mean_in: Tensor, mean_bn: Tensor,
@@ -72,10 +95,12 @@ class SyncSwitchableMix(SwitchableMix):
         channels = mean_in.shape[1]
         sums = self._all_reduce(torch.cat([
             grad_mean_bn, grad_var_bn,
-            mean_in.new_full((1,), mean_in.shape[0])]))
+            grad_mean_bn.new_full((1,), mean_in.shape[0])]))
         g_mean_bn, g_var_bn = sums[:channels], sums[channels:2 * channels]
         count = sums[2 * channels]
         bessel = _bessel(count) if self.flat_input else 1.0
+        # no sample anywhere: every gradient is 0, not 0/0
+        count = count.clamp(min=1)
         g_mean = g_mean_bn / count
         g_var = g_var_bn * bessel / count
         return (g_mean + 2.0 * (mean_in - mean_bn) * g_var,
