@@ -428,3 +428,39 @@ def test_registered_as_a_norm_layer_that_is_not_bn_shaped():
     assert sorted(used) == ['bias', 'running_mean', 'running_var', 'weight']
     torch.testing.assert_close(
         layer.running_cov, torch.diag_embed(bn.running_var.view(4, 2)))
+
+
+# ------------------------------------------------------------------ ratios
+def test_ratio_records_and_plots_cover_sw_sources(tmp_path):
+    from mmnorm.analysis import (
+        average_by_stage,
+        collect_ratios,
+        ratios_from_state_dict,
+        summary_table,
+    )
+    model = torch.nn.Module()
+    model.layer1 = torch.nn.Sequential(
+        mmnorm.SwitchableNorm(8),
+        _randomize(SwitchableWhitening(8, num_pergroup=4, sw_type=5)),
+        _randomize(SwitchableWhitening(8, num_pergroup=4, tie_weight=True)))
+    records = collect_ratios(model)
+    assert list(records) == ['layer1.0', 'layer1.1', 'layer1.2']
+    five = records['layer1.1']
+    assert list(five['mean']) == ['bw', 'iw', 'bn', 'in', 'ln']
+    expected = model.layer1[1].var_weight.detach().softmax(0)
+    assert list(five['var'].values()) == pytest.approx(expected.tolist())
+    assert records['layer1.2']['var'] == records['layer1.2']['mean']
+    from_state = ratios_from_state_dict(model.state_dict())
+    for name, record in records.items():
+        for kind in ('mean', 'var'):
+            assert from_state[name][kind] == pytest.approx(record[kind])
+    table = summary_table(records)
+    assert table.splitlines()[0] == ('| layer | mean | IN | LN | BN | BW | '
+                                     'IW | var | IN | LN | BN | BW | IW |')
+    stage = average_by_stage(records)['layer1']
+    assert sum(stage['mean'].values()) == pytest.approx(1.0)
+    pytest.importorskip('matplotlib')
+    from mmnorm.analysis.plots import plot_depth, plot_stages
+    for plot in (plot_depth, plot_stages):
+        paths = plot(records, str(tmp_path / plot.__name__))
+        assert all(os.path.getsize(p) > 0 for p in paths)

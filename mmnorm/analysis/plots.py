@@ -14,10 +14,12 @@ import os
 from typing import Mapping, Sequence
 
 from ..ops import BRANCHES
-from .ratios import Record, average_by_stage
+from .ratios import Record, average_by_stage, sources_in
 
-COLORS = {'in': '#4C72B0', 'ln': '#DD8452', 'bn': '#55A868'}
-LABELS = {'in': 'IN', 'ln': 'LN', 'bn': 'BN'}
+# SN's branches, then Switchable Whitening's BW and IW
+COLORS = {'in': '#4C72B0', 'ln': '#DD8452', 'bn': '#55A868',
+          'bw': '#8172B3', 'iw': '#C44E52'}
+LABELS = {'in': 'IN', 'ln': 'LN', 'bn': 'BN', 'bw': 'BW', 'iw': 'IW'}
 
 
 def _pyplot():
@@ -57,8 +59,7 @@ def _finish(fig, ax) -> None:
 def _stacked(ax, labels, weights_by_branch, title):
     bottom = [0.0] * len(labels)
     positions = range(len(labels))
-    for branch in BRANCHES:
-        values = weights_by_branch[branch]
+    for branch, values in weights_by_branch.items():
         ax.bar(positions, values, bottom=bottom, color=COLORS[branch],
                label=LABELS[branch], width=0.85)
         bottom = [b + v for b, v in zip(bottom, values)]
@@ -76,8 +77,9 @@ def plot_depth(records: Mapping[str, Record], out_prefix: str,
     width = max(8.0, 0.22 * len(names) + 2)
     fig, axes = plt.subplots(2, 1, figsize=(width, 6.5), sharex=True)
     for ax, kind in zip(axes, ('mean', 'var')):
-        _stacked(ax, labels, {b: [records[n][kind][b] for n in names]
-                              for b in BRANCHES},
+        _stacked(ax, labels, {b: [records[n][kind].get(b, 0.0)
+                                  for n in names]
+                              for b in sources_in(records)},
                  f'{title} {"means" if kind == "mean" else "variances"}'
                  .strip())
     axes[1].set_xticks(range(len(labels)))
@@ -98,7 +100,7 @@ def plot_stages(records: Mapping[str, Record], out_prefix: str,
                                             4.2), sharey=True)
     for ax, kind in zip(axes, ('mean', 'var')):
         _stacked(ax, labels, {b: [stages[s][kind][b] for s in labels]
-                              for b in BRANCHES},
+                              for b in sources_in(records)},
                  f'{title} {"means" if kind == "mean" else "variances"} '
                  'by stage'.strip())
         ax.set_xticks(range(len(labels)))

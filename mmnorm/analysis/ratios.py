@@ -6,6 +6,10 @@ One record per layer, keyed by its module name::
      'radius': 0.4 or None, 'mean_fixed': False or None, 'var_fixed': ...}
 
 ``radius`` and ``*_fixed`` are ``None`` for SN layers (SSN only).
+Switchable Whitening layers have their own sources in ``mean`` and
+``var``: ``bw``, ``iw`` and, for ``sw_type`` 3 / 5, ``bn``, ``in``, ``ln``
+(:data:`SOURCE_ORDER` lists every name; :func:`sources_in` those of a set
+of records).
 """
 from __future__ import annotations
 
@@ -15,18 +19,34 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..layers import SparseSwitchableNorm, SwitchableNorm
+from ..layers import (
+    SparseSwitchableNorm,
+    SwitchableNorm,
+    SwitchableWhitening,
+)
 from ..ops import BRANCHES
 from ..ops.sparsestmax import sparsestmax
+from ..ops.whitening import SW_SOURCES
 
 Record = dict
 
+#: Every source name in display order: SN's [IN, LN, BN], then SW's.
+SOURCE_ORDER = ('in', 'ln', 'bn', 'bw', 'iw')
+
+
+def sources_in(records: Mapping[str, Record]) -> list[str]:
+    """The sources present in ``records``, in :data:`SOURCE_ORDER`
+    (``['in', 'ln', 'bn']`` for SN layers only)."""
+    seen = {b for r in records.values() for k in ('mean', 'var')
+            for b in r[k]}
+    return [b for b in SOURCE_ORDER if b in seen]
+
 
 def collect_ratios(model: nn.Module) -> dict[str, Record]:
-    """Ratios of every SN/SSN layer of ``model`` (in module order)."""
+    """Ratios of every SN/SSN/SW layer of ``model`` (in module order)."""
     records = {}
     for name, module in model.named_modules():
-        if not isinstance(module, SwitchableNorm):
+        if not isinstance(module, (SwitchableNorm, SwitchableWhitening)):
             continue
         record = dict(module.ratios(), radius=None, mean_fixed=None,
                       var_fixed=None)
@@ -50,7 +70,10 @@ def ratios_from_state_dict(state: Mapping[str, torch.Tensor]
     ``mean_choice`` buffer): the frozen one-hot, else SparsestMax at the
     stored radius. A layer that only ever saw ``(N, C)`` input has no IN
     branch, which a state dict does not record; such layers are shown with
-    the three-branch mixture.
+    the three-branch mixture. SW layers (those with a ``running_cov``)
+    get their sources from the number of lambdas (2, 3 or 5); with
+    ``tie_weight`` (no ``var_weight``) the covariance ratios are the mean
+    ones.
     """
     records = {}
     for key in state:
@@ -58,6 +81,15 @@ def ratios_from_state_dict(state: Mapping[str, torch.Tensor]
             continue
         prefix = key[:-len('mean_weight')]
         record: Record = dict(radius=None, mean_fixed=None, var_fixed=None)
+        if prefix + 'running_cov' in state:
+            mean_lam = state[key].float().flatten()
+            var_lam = state.get(prefix + 'var_weight', mean_lam)
+            names = SW_SOURCES[mean_lam.numel()]
+            for kind, lam in (('mean', mean_lam), ('var', var_lam)):
+                record[kind] = dict(zip(names, lam.float().flatten()
+                                        .softmax(0).tolist()))
+            records[prefix[:-1]] = record
+            continue
         sparse = prefix + 'mean_choice' in state
         radius = float(state[prefix + 'radius']) if sparse else None
         for kind in ('mean', 'var'):
@@ -112,7 +144,9 @@ def summary_table(records: Mapping[str, Record],
         fmt: ``'markdown'`` (for a paper or a README) or ``'plain'``
             (aligned columns for a terminal).
     """
-    header = ['layer', 'mean', 'IN', 'LN', 'BN', 'var', 'IN', 'LN', 'BN']
+    sources = sources_in(records) or list(BRANCHES)
+    names = [b.upper() for b in sources]
+    header = ['layer', 'mean', *names, 'var', *names]
     rows = []
     for name, record in records.items():
         row = [name]
@@ -121,7 +155,8 @@ def summary_table(records: Mapping[str, Record],
             fixed = record.get(f'{kind}_fixed')
             row.append(dominant(weights).upper() + (' (fixed)' if fixed
                                                     else ''))
-            row += [f'{weights[b]:.2f}' for b in ('in', 'ln', 'bn')]
+            row += [f'{weights[b]:.2f}' if b in weights else '-'
+                    for b in sources]
         rows.append(row)
     if fmt == 'markdown':
         lines = ['| ' + ' | '.join(header) + ' |',
@@ -138,14 +173,19 @@ def summary_table(records: Mapping[str, Record],
 
 def average_by_stage(records: Mapping[str, Record]
                      ) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean ratios over the layers of each stage (see :func:`stage_of`)."""
+    """Mean ratios over the layers of each stage (see :func:`stage_of`),
+    over the sources of :func:`sources_in`; a source a layer lacks (SN
+    and SW layers in one stage) counts 0 for it, so each stage's ratios
+    still sum to 1."""
     grouped: dict[str, list] = {}
     for name, record in records.items():
         grouped.setdefault(stage_of(name), []).append(record)
+    sources = sources_in(records)
     out = {}
     for stage, group in grouped.items():
-        out[stage] = {kind: {b: sum(r[kind][b] for r in group) / len(group)
-                             for b in BRANCHES} for kind in ('mean', 'var')}
+        out[stage] = {kind: {b: sum(r[kind].get(b, 0.0) for r in group)
+                             / len(group) for b in sources}
+                      for kind in ('mean', 'var')}
     return out
 
 
@@ -168,5 +208,5 @@ def load_ratio_history(path: str) -> list[tuple[int, dict[str, Record]]]:
     state = checkpoint.get('state_dict', checkpoint)
     records = ratios_from_state_dict(state)
     if not records:
-        raise ValueError(f'{path}: no SN/SSN layer in this state dict')
+        raise ValueError(f'{path}: no SN/SSN/SW layer in this state dict')
     return [(-1, records)]

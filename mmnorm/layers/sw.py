@@ -75,9 +75,11 @@ class SwitchableWhitening(nn.Module):
           (covariance 0), exactly as a ``1 x 1`` map.
         - Output: same shape and dtype as the input.
 
-    Buffers: ``running_mean`` ``(G, c, 1)``, ``running_cov`` ``(G, c, c)``
-    (the biased BW covariance, without ``eps``; starts at ``I``) and
-    ``num_batches_tracked``.
+    Buffers:
+        running_mean: ``(G, c, 1)`` BW mean (starts at 0).
+        running_cov: ``(G, c, c)`` biased BW covariance, without ``eps``
+            (starts at ``I``).
+        num_batches_tracked: batches folded into the two.
 
     Never NaN for finite input: ``1 x 1`` maps, batch size 1 and constant
     input give an IW (and BW) covariance of 0, and ``eps I`` keeps the
