@@ -464,3 +464,14 @@ def test_ratio_records_and_plots_cover_sw_sources(tmp_path):
     for plot in (plot_depth, plot_stages):
         paths = plot(records, str(tmp_path / plot.__name__))
         assert all(os.path.getsize(p) > 0 for p in paths)
+
+
+def test_parameter_gradients_without_input_gradient():
+    layer = _randomize(SwitchableWhitening(8, num_pergroup=4)).double()
+    x = _input((3, 8, 4, 4))
+    layer(x).square().sum().backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    layer(x.clone().requires_grad_()).square().sum().backward()
+    for g, p in zip(grads, layer.parameters()):
+        torch.testing.assert_close(g, p.grad)

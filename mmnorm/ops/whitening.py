@@ -282,6 +282,11 @@ class _Whiten(torch.autograd.Function):
             # the small graph is freed with this node
             grads = torch.autograd.grad((a, shift), wanted, (da, ds),
                                         retain_graph=True, allow_unused=True)
+        param_grads = iter(grads[2:])
+        out = [next(param_grads) if p.requires_grad else None
+               for p in inner]
+        if not ctx.needs_input_grad[0]:
+            return (None, None, None, None, *out)
         a_t = a.detach().transpose(-1, -2)
         # x - mu_i depends on mu_i too: -A^T sum_m dy
         g_mu = -(a_t @ ds)
@@ -293,9 +298,6 @@ class _Whiten(torch.autograd.Function):
         if grads[1] is not None:
             sym = (grads[1] + grads[1].transpose(-1, -2)) / pixels
             dx.baddbmm_(sym.reshape(-1, c, c), xc.reshape(-1, c, pixels))
-        param_grads = iter(grads[2:])
-        out = [next(param_grads) if p.requires_grad else None
-               for p in inner]
         return (dx.view(grad_y.shape).to(grad_y.dtype), None, None, None,
                 *out)
 
