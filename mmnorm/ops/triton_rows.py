@@ -75,6 +75,27 @@ def is_available() -> bool:
     return triton is not None
 
 
+# torch.library.triton_op traces its body with wrap_triton enabled and
+# needs the kernels wrapped then; in eager mode the plain kernel launches
+# without the wrapper's overhead.
+_WRAP = getattr(torch.library, 'wrap_triton', None)
+try:
+    from torch._library.triton import is_wrap_triton_enabled as _wrapping
+except ImportError:  # pragma: no cover - other torch versions
+    _wrapping = None
+_wrapped: dict = {}
+
+
+def _launch(kernel):
+    """``kernel``, or ``torch.library.wrap_triton(kernel)`` while a
+    ``triton_op`` is being traced (always, if torch cannot tell)."""
+    if _WRAP is None or (_wrapping is not None and not _wrapping()):
+        return kernel
+    if kernel not in _wrapped:
+        _wrapped[kernel] = _WRAP(kernel)
+    return _wrapped[kernel]
+
+
 # ---------------------------------------------------------------------------
 # Kernels. Shared argument conventions:
 #   C          rows per "sample" after merging (the tile rows run over it)
@@ -464,14 +485,14 @@ def row_moments(x: Tensor) -> tuple[Tensor, Tensor]:
         parts = torch.empty(3 * size, dtype=acc, device=x.device)
         pmean, pvar, k = parts[:size], parts[size:2 * size], parts[2 * size:]
     grid = (min(n_row_tiles, max_programs), split)
-    _moments_kernel[grid](
+    _launch(_moments_kernel)[grid](
         x, pmean, pvar, k, rows, m, *strides[0], n_row_tiles, c_blocks,
         chunk, split, BLOCK_R=block_r, BLOCK_M=block_m,
         IDX64=_needs_int64([x]), SPLIT=split > 1, num_warps=warps)
     if split > 1:
         block_s = _next_pow2(split)
         block = max(1, 1024 // block_s)
-        _combine_moments_kernel[(-(-(n * c) // block),)](
+        _launch(_combine_moments_kernel)[(-(-(n * c) // block),)](
             k, pmean, pvar, mean, var, n * c, m, chunk, split,
             BLOCK_R=block, BLOCK_S=block_s, num_warps=4)
     return mean, var
@@ -507,7 +528,7 @@ def row_affine(x: Tensor, shift: Tensor, scale: Tensor, offset: Tensor,
     c_blocks = -(-rows // block_r)
     m_blocks = -(-x.shape[2] // block_m)
     n_tiles = n_samples * c_blocks * m_blocks
-    _affine_kernel[(min(n_tiles, max_programs),)](
+    _launch(_affine_kernel)[(min(n_tiles, max_programs),)](
         x, shift, scale, offset, y, rows, x.shape[2], *strides[0], n_tiles,
         m_blocks, c_blocks, BLOCK_R=block_r, BLOCK_M=block_m,
         IDX64=_needs_int64([x, y]), ACC64=x.dtype == torch.float64,
@@ -548,7 +569,7 @@ def row_grad_sums(dy: Tensor, x: Tensor,
     # Partial sums (2, N*C, S); a grid axis-1 program per split.
     parts = torch.empty(2, n * c, split, dtype=acc, device=x.device)
     grid = (min(n_row_tiles, max_programs), split)
-    _grad_sums_kernel[grid](
+    _launch(_grad_sums_kernel)[grid](
         dy, x, shift, parts, rows, m, *strides[1], *strides[0],
         n_row_tiles, c_blocks, chunk, split, n * c * split,
         BLOCK_R=block_r, BLOCK_M=block_m, IDX64=_needs_int64([x, dy]),
@@ -590,7 +611,7 @@ def row_grad_input(dy: Tensor, x: Tensor, shift: Tensor, a: Tensor,
     c_blocks = -(-rows // block_r)
     m_blocks = -(-x.shape[2] // block_m)
     n_tiles = n_samples * c_blocks * m_blocks
-    _grad_input_kernel[(min(n_tiles, max_programs),)](
+    _launch(_grad_input_kernel)[(min(n_tiles, max_programs),)](
         dy, x, shift, a, b, c, dx, rows, x.shape[2], *strides[1],
         *strides[0], n_tiles, m_blocks, c_blocks, BLOCK_R=block_r,
         BLOCK_M=block_m, IDX64=_needs_int64([x, dy, dx]),
