@@ -391,7 +391,7 @@ def _programs(device: torch.device) -> tuple[int, int]:
     """(programs to aim for, most programs in one grid)."""
     if device.type == 'cuda':
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return 4 * sms, 32 * sms
+        return 8 * sms, 32 * sms
     return INTERPRET_PROGRAMS
 
 

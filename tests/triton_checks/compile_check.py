@@ -60,6 +60,36 @@ def specializations():
                            'dx_ptr': xt},
                           {**tile, 'IDX64': idx64,
                            'ACC64': xt == 'fp64'}, 8))
+        if xt == 'fp16':
+            # Triton turns integer arguments equal to 1 into constants:
+            # contiguous rows (stride 1), channels_last (channel stride 1),
+            # rows of one element, a single row or part.
+            ones = (('sxM',), ('sxC',), ('M', 'chunk', 'S', 'sxM', 'sxC'))
+            for names in ones:
+                one = dict.fromkeys(names, 1)
+                specs.append((tr._moments_kernel,
+                              {'x_ptr': xt, 'mean_ptr': acc,
+                               'var_ptr': acc, 'k_ptr': acc},
+                              {**tile, **one, 'IDX64': False,
+                               'SPLIT': False}, 8))
+                specs.append((tr._affine_kernel,
+                              {'x_ptr': xt, 's_ptr': acc, 'a_ptr': acc,
+                               'b_ptr': acc, 'y_ptr': xt},
+                              {**tile, **{k: 1 for k in names
+                                          if k in ('sxM', 'sxC', 'M')},
+                               'IDX64': False, 'ACC64': False}, 8))
+            for names in (('sgM', 'sxM'), ('M', 'chunk', 'S', 'RS')):
+                specs.append((tr._grad_sums_kernel,
+                              {'dy_ptr': xt, 'x_ptr': xt, 's_ptr': acc,
+                               'part_ptr': acc},
+                              {**tile, **dict.fromkeys(names, 1),
+                               'IDX64': False}, 8))
+            specs.append((tr._grad_input_kernel,
+                          {'dy_ptr': xt, 'x_ptr': xt, 's_ptr': acc,
+                           'a_ptr': acc, 'b_ptr': acc, 'c_ptr': acc,
+                           'dx_ptr': xt},
+                          {**tile, 'sgM': 1, 'sxM': 1, 'IDX64': False,
+                           'ACC64': False}, 8))
         if xt in ('fp32', 'fp64'):  # combining runs in the stats' dtype
             specs.append((tr._combine_moments_kernel,
                           {'k_ptr': acc, 'pmean_ptr': acc, 'pvar_ptr': acc,
