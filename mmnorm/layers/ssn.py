@@ -29,7 +29,6 @@ modules for fixed layers come from :mod:`mmnorm.deploy` for inference.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Optional
 
 import torch
@@ -40,31 +39,6 @@ from .sn import SwitchableNorm
 
 _NOT_FIXED = -1
 _BN = 2  # index of the BN branch in [IN, LN, BN]
-
-# Until every SN base in use takes ``valid`` (see ``track_where``).
-_TRACK_TAKES_VALID = 'valid' in inspect.signature(
-    SwitchableNorm._track).parameters
-
-
-def track_where(layer: SwitchableNorm, batch_mean: Tensor,
-                batch_var: Tensor, valid: Tensor) -> None:
-    """``layer._track(batch_mean, batch_var)`` where the 0-dim bool tensor
-    ``valid`` is true, on the device. Where the SN base cannot skip by
-    itself, the batch statistics are replaced by the running ones, which
-    leaves the buffers' values unchanged, and the count is taken back."""
-    if _TRACK_TAKES_VALID:
-        SwitchableNorm._track(layer, batch_mean, batch_var, valid)
-        return
-    with torch.no_grad():
-        batch_mean = torch.where(valid, batch_mean.to(layer.running_mean),
-                                 layer.running_mean)
-        batch_var = torch.where(valid, batch_var.to(layer.running_var),
-                                layer.running_var)
-        counted = layer._population is None and layer.using_moving_average
-    SwitchableNorm._track(layer, batch_mean, batch_var)
-    if counted:
-        layer.num_batches_tracked.sub_((~valid).long())
-
 
 class SparseSwitchableNorm(SwitchableNorm):
     """Switchable Normalization with SparsestMax mixing weights.
@@ -151,11 +125,6 @@ class SparseSwitchableNorm(SwitchableNorm):
         record = torch.is_grad_enabled() and self.mean_weight.requires_grad
         return self._weights(flat, record)
 
-    def _kernel_weight_choices(self) -> Optional[tuple[int, int]]:
-        # Weights always come from _forward_weights (on the device); kept
-        # for SN bases that still ask.
-        return None
-
     def _track(self, batch_mean: Tensor, batch_var: Tensor,
                valid: Optional[Tensor] = None) -> None:
         # A layer whose mean and variance are both frozen to a source other
@@ -164,8 +133,8 @@ class SparseSwitchableNorm(SwitchableNorm):
                    | (self.mean_choice == _BN)
                    | (self.var_choice == _NOT_FIXED)
                    | (self.var_choice == _BN))
-        track_where(self, batch_mean, batch_var,
-                    uses_bn if valid is None else uses_bn & valid)
+        super()._track(batch_mean, batch_var,
+                       uses_bn if valid is None else uses_bn & valid)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)

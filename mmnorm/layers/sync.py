@@ -10,7 +10,6 @@ They deliberately do not subclass ``nn.SyncBatchNorm``: mmengine turns every
 """
 from __future__ import annotations
 
-import inspect
 from typing import Callable, Optional
 
 import torch
@@ -20,7 +19,7 @@ from ..ops.distributed import SyncSwitchableMix, distributed_world_size
 from ..ops.moment_norm import _stat_dtype
 from ..ops.switchable import SwitchableMix
 from .sn import SwitchableNorm
-from .ssn import SparseSwitchableNorm, track_where
+from .ssn import SparseSwitchableNorm
 
 
 class _EmptyBatchParticipation(torch.autograd.Function):
@@ -72,10 +71,7 @@ class _SynchronizedBatchStats:
         if self.track_running_stats:
             # keep buffers equal on all ranks; unchanged (as in SN) when no
             # rank has a sample, decided on the device
-            if 'valid' in inspect.signature(self._track).parameters:
-                self._track(mean_bn, var_bn, valid=valid)
-            else:  # an SN base whose _track cannot skip by itself
-                track_where(self, mean_bn, var_bn, valid)
+            self._track(mean_bn, var_bn, valid=valid)
         return out
 
 
