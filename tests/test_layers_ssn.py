@@ -174,3 +174,21 @@ def test_fixed_layer_uses_only_its_statistics_and_matches_sn(mean_choice,
         torch.testing.assert_close(ssn.running_var, sn.running_var)
     else:  # BN statistics are no longer computed nor tracked
         torch.testing.assert_close(ssn.running_var, running)
+
+
+def test_freezing_neither_breaks_the_graph_nor_recompiles():
+    """The freeze state is device data: one full graph serves the learning
+    layer, the step that freezes it and the frozen layer."""
+    from torch._dynamo.testing import CompileCounter
+    layer = _layer(radius=0.0).float()
+    counter = CompileCounter()
+    compiled = torch.compile(layer, backend=counter, fullgraph=True)
+    x = torch.randn(2, 5, 4, 4, requires_grad=True)
+    for radius in (0.0, 0.3, 0.95, 0.95):
+        layer.set_radius(radius)
+        compiled(x).sum().backward()
+    assert layer.fixed
+    assert counter.frame_count == 1
+    eager = SparseSwitchableNorm(5)
+    eager.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(compiled(x), eager(x))
