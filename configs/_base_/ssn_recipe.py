@@ -6,6 +6,9 @@
 #   _base_ = ['mmdet::...', '../_base_/ssn_recipe.py']
 #   optim_wrapper = _base_.ssn_optim_wrapper
 #   custom_hooks = _base_.ssn_custom_hooks
+# `tools/train.py --amp` turns the wrapper into
+# AmpMixingWeightClipOptimWrapper: one GradScaler.unscale_, then the lambda
+# clipping on the true (unscaled) gradients.
 ssn_optim_wrapper = dict(
     type='MixingWeightClipOptimWrapper',
     lambda_max_norm=1.0,

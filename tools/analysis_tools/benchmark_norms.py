@@ -611,42 +611,56 @@ def main_device(args) -> int:
           f"rounds after {warmup} warm-up rounds"
           + (f', copy bandwidth {bandwidth / 1e12:.2f} TB/s' if bandwidth
              else ''), flush=True)
-    results, network = [], []
+    results: list[dict] = []
+    network: list[dict] = []
+    state: dict[str, Any] = dict(complete=False, whitening_ran=False)
+
+    def dump() -> bool:
+        # rewritten after every case, so a run stopped by a time limit
+        # still leaves what it measured
+        verdicts = [t['passed'] for r in results + network
+                    for t in r['targets'].values() if t['passed'] is not None]
+        if args.out:
+            with open(args.out, 'w') as f:
+                json.dump(dict(torch=torch.__version__, device=name,
+                               copy_bandwidth_Bps=bandwidth, repeats=repeats,
+                               warmup=warmup, targets=CUDA_TARGETS,
+                               bandwidth_bound=BANDWIDTH_BOUND,
+                               min_units=MIN_UNITS, results=results,
+                               network=network, judged=len(verdicts),
+                               met=sum(verdicts),
+                               all_targets_met=all(verdicts), **state), f,
+                          indent=2)
+        return all(verdicts)
+
     for dtype_name in args.dtype:
         dtype = DTYPES[dtype_name]
-        for label, shape in shapes.items():
+        for label, shape in ({} if args.network_only else shapes).items():
             result = bench_device_shape(label, shape, device, dtype,
                                         repeats, warmup, bandwidth)
             results.append(result)
             print(report_device(result), flush=True)
+            dump()
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
-        if args.network:
+        if args.network or args.network_only:
             for result in bench_network(
                     args.network_settings or list(NETWORK_SETTINGS), device,
                     dtype, args.network_repeats, min(warmup, 3)):
                 network.append(result)
                 print(report_network(result), flush=True)
-    verdicts = [t['passed'] for r in results + network
-                for t in r['targets'].values() if t['passed'] is not None]
-    all_ok = all(verdicts)
-    print(f"\nTargets judged: {len(verdicts)}, met: {sum(verdicts)}; all "
-          f"met: {'yes' if all_ok else 'NO'}")
-    whitening = None
-    if args.whitening:
+                dump()
+    if args.whitening and not args.network_only:
         out = (os.path.splitext(args.out)[0] + '_whitening.json'
                if args.out else None)
-        whitening = run_whitening(args.device, args.dtype, out)
-    if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(dict(torch=torch.__version__, device=name,
-                           copy_bandwidth_Bps=bandwidth, repeats=repeats,
-                           warmup=warmup, targets=CUDA_TARGETS,
-                           bandwidth_bound=BANDWIDTH_BOUND,
-                           min_units=MIN_UNITS, results=results,
-                           network=network, all_targets_met=all_ok,
-                           whitening_ran=whitening is not None), f,
-                      indent=2)
+        state['whitening_ran'] = run_whitening(args.device, args.dtype,
+                                               out) is not None
+    state['complete'] = True
+    all_ok = dump()
+    verdicts = [t['passed'] for r in results + network
+                for t in r['targets'].values() if t['passed'] is not None]
+    print(f"\nTargets judged: {len(verdicts)}, met: {sum(verdicts)}; all "
+          f"met: {'yes' if all_ok else 'NO'}")
     return 0 if all_ok or not args.check else 1
 
 
@@ -674,6 +688,8 @@ def main(argv=None) -> int:
                         help='BATCHxSIZE or BATCHxHxW (default: 32x224 '
                         '2x800x1333)')
     parser.add_argument('--network-repeats', type=int, default=10)
+    parser.add_argument('--network-only', action='store_true',
+                        help='device benchmark: only the ResNet-50 step')
     parser.add_argument('--no-whitening', dest='whitening',
                         action='store_false',
                         help='device benchmark: skip benchmark_whitening.py')
