@@ -30,10 +30,14 @@ from .layers import (
     KalmanNorm,
     SparseSwitchableNorm,
     SwitchableNorm,
+    SwitchableWhitening,
     SyncSparseSwitchableNorm,
     SyncSwitchableNorm,
+    SyncSwitchableWhitening,
     convert_sync_sn,
+    convert_sync_sw,
     revert_sync_sn,
+    revert_sync_sw,
 )
 from .layers.fixed import FixedSourceNorm
 from .version import __version__
@@ -46,6 +50,8 @@ NORM_LAYERS = {
     'SyncSSN': SyncSparseSwitchableNorm,
     'IBN': IBN,
     'KN': KalmanNorm,
+    'SW': SwitchableWhitening,
+    'SyncSW': SyncSwitchableWhitening,
 }
 
 for _name, _cls in NORM_LAYERS.items():
@@ -65,4 +71,5 @@ __all__ = ['IBN', 'KalmanNorm', 'NORM_LAYERS', 'KalmanChainHook',
            'SyncSparseSwitchableNorm', 'SyncSwitchableNorm', '__version__',
            'convert_norms', 'convert_sync_sn', 'recompute_population_stats',
            'register_norm_layer', 'register_sync_pair', 'revert_norms',
-           'revert_sync_sn', 'sn_paramwise_cfg']
+           'revert_sync_sn', 'sn_paramwise_cfg', 'SwitchableWhitening',
+           'SyncSwitchableWhitening', 'convert_sync_sw', 'revert_sync_sw']
