@@ -30,8 +30,8 @@ Design (details and the bytes moved per pass in ``docs/triton_kernels.md``):
   caller's ``s_r`` (the row mean).
 * Long rows with few rows are split over several programs (grid axis 1);
   each writes a partial ``(k, mean - k, var)`` or partial sums to a small
-  buffer that one tiny kernel (moments, by Chan's parallel formula) or one
-  ``sum`` (gradient sums) combines.
+  buffer that one tiny kernel (moments, by Chan's parallel formula) or a
+  ``sum`` per output (gradient sums) combines.
   Every grid and block size is a function of the shapes only: no host
   synchronisation anywhere.
 
@@ -94,6 +94,17 @@ def _launch(kernel):
     if kernel not in _wrapped:
         _wrapped[kernel] = _WRAP(kernel)
     return _wrapped[kernel]
+
+
+def _run(kernel, grid: tuple, device: torch.device, *args, **kwargs):
+    """Launches ``kernel`` on ``device`` (Triton launches on the current
+    CUDA device, which may be another one)."""
+    if (device.type == 'cuda' and device.index is not None
+            and device.index != torch.cuda.current_device()):
+        with torch.cuda.device(device):
+            _launch(kernel)[grid](*args, **kwargs)
+    else:
+        _launch(kernel)[grid](*args, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -204,14 +215,14 @@ if triton is not None:
         tl.store(var_ptr + rows, m2 / total, mask=row_ok)
 
     @triton.jit
-    def _grad_sums_kernel(dy_ptr, x_ptr, s_ptr, part_ptr, C, M, sgN, sgC,
-                          sgM, sxN, sxC, sxM, n_row_tiles, c_blocks, chunk,
-                          S, RS, BLOCK_R: tl.constexpr,
+    def _grad_sums_kernel(dy_ptr, x_ptr, s_ptr, sum_ptr, sumx_ptr, C, M,
+                          sgN, sgC, sgM, sxN, sxC, sxM, n_row_tiles,
+                          c_blocks, chunk, S, BLOCK_R: tl.constexpr,
                           BLOCK_M: tl.constexpr, IDX64: tl.constexpr):
         # Program (p, s): over columns [s * chunk, (s + 1) * chunk) of row
-        # tiles p, p + P, ..., writes sum dy to part_ptr[r * S + s] and
-        # sum dy * (x - s_r) to part_ptr[RS + r * S + s].
-        acc_t = part_ptr.dtype.element_ty
+        # tiles p, p + P, ..., writes sum dy to sum_ptr[r * S + s] and
+        # sum dy * (x - s_r) to sumx_ptr[r * S + s].
+        acc_t = sum_ptr.dtype.element_ty
         s = tl.program_id(1)
         col_start = s * chunk
         col_end = tl.minimum(col_start + chunk, M)
@@ -235,9 +246,8 @@ if triton is not None:
                 acc_g += g
                 acc_gx += g * (v - shift[:, None])
             out = r * S + s
-            tl.store(part_ptr + out, tl.sum(acc_g, axis=1), mask=row_ok)
-            tl.store(part_ptr + RS + out, tl.sum(acc_gx, axis=1),
-                     mask=row_ok)
+            tl.store(sum_ptr + out, tl.sum(acc_g, axis=1), mask=row_ok)
+            tl.store(sumx_ptr + out, tl.sum(acc_gx, axis=1), mask=row_ok)
 
     @triton.jit
     def _affine_kernel(x_ptr, s_ptr, a_ptr, b_ptr, y_ptr, C, M, sxN, sxC,
@@ -485,16 +495,16 @@ def row_moments(x: Tensor) -> tuple[Tensor, Tensor]:
         parts = torch.empty(3 * size, dtype=acc, device=x.device)
         pmean, pvar, k = parts[:size], parts[size:2 * size], parts[2 * size:]
     grid = (min(n_row_tiles, max_programs), split)
-    _launch(_moments_kernel)[grid](
-        x, pmean, pvar, k, rows, m, *strides[0], n_row_tiles, c_blocks,
-        chunk, split, BLOCK_R=block_r, BLOCK_M=block_m,
-        IDX64=_needs_int64([x]), SPLIT=split > 1, num_warps=warps)
+    _run(_moments_kernel, grid, x.device, x, pmean, pvar, k, rows, m,
+         *strides[0], n_row_tiles, c_blocks, chunk, split,
+         BLOCK_R=block_r, BLOCK_M=block_m, IDX64=_needs_int64([x]),
+         SPLIT=split > 1, num_warps=warps)
     if split > 1:
         block_s = _next_pow2(split)
         block = max(1, 1024 // block_s)
-        _launch(_combine_moments_kernel)[(-(-(n * c) // block),)](
-            k, pmean, pvar, mean, var, n * c, m, chunk, split,
-            BLOCK_R=block, BLOCK_S=block_s, num_warps=4)
+        _run(_combine_moments_kernel, (-(-(n * c) // block),), x.device,
+             k, pmean, pvar, mean, var, n * c, m, chunk, split,
+             BLOCK_R=block, BLOCK_S=block_s, num_warps=4)
     return mean, var
 
 
@@ -528,11 +538,11 @@ def row_affine(x: Tensor, shift: Tensor, scale: Tensor, offset: Tensor,
     c_blocks = -(-rows // block_r)
     m_blocks = -(-x.shape[2] // block_m)
     n_tiles = n_samples * c_blocks * m_blocks
-    _launch(_affine_kernel)[(min(n_tiles, max_programs),)](
-        x, shift, scale, offset, y, rows, x.shape[2], *strides[0], n_tiles,
-        m_blocks, c_blocks, BLOCK_R=block_r, BLOCK_M=block_m,
-        IDX64=_needs_int64([x, y]), ACC64=x.dtype == torch.float64,
-        num_warps=warps)
+    _run(_affine_kernel, (min(n_tiles, max_programs),), x.device, x,
+         shift, scale, offset, y, rows, x.shape[2], *strides[0], n_tiles,
+         m_blocks, c_blocks, BLOCK_R=block_r, BLOCK_M=block_m,
+         IDX64=_needs_int64([x, y]), ACC64=x.dtype == torch.float64,
+         num_warps=warps)
     return y
 
 
@@ -558,24 +568,26 @@ def row_grad_sums(dy: Tensor, x: Tensor,
     n, c, m = x.shape
     acc = _acc_dtype(x)
     if n * c == 0 or m == 0:
-        sums = torch.zeros(2, n * c, dtype=acc, device=x.device)
-        return sums[0], sums[1]
+        return (torch.zeros(n * c, dtype=acc, device=x.device),
+                torch.zeros(n * c, dtype=acc, device=x.device))
     target, max_programs = _programs(x.device)
     rows, n_samples, strides, (block_r, block_m, warps) = _layout(
         x, [dy], target)
     c_blocks = -(-rows // block_r)
     n_row_tiles = n_samples * c_blocks
     chunk, split = _split(n_row_tiles, m, block_m, target)
-    # Partial sums (2, N*C, S); a grid axis-1 program per split.
-    parts = torch.empty(2, n * c, split, dtype=acc, device=x.device)
+    # Partial sums (N*C, S), S = 1 unless rows are split; the two outputs
+    # never share storage (as torch.library ops require).
+    sum_dy = torch.empty(n * c, split, dtype=acc, device=x.device)
+    sum_dyx = torch.empty(n * c, split, dtype=acc, device=x.device)
     grid = (min(n_row_tiles, max_programs), split)
-    _launch(_grad_sums_kernel)[grid](
-        dy, x, shift, parts, rows, m, *strides[1], *strides[0],
-        n_row_tiles, c_blocks, chunk, split, n * c * split,
-        BLOCK_R=block_r, BLOCK_M=block_m, IDX64=_needs_int64([x, dy]),
-        num_warps=warps)
-    sums = parts[:, :, 0] if split == 1 else parts.sum(dim=2)
-    return sums[0], sums[1]
+    _run(_grad_sums_kernel, grid, x.device, dy, x, shift, sum_dy, sum_dyx,
+         rows, m, *strides[1], *strides[0], n_row_tiles, c_blocks, chunk,
+         split, BLOCK_R=block_r, BLOCK_M=block_m,
+         IDX64=_needs_int64([x, dy]), num_warps=warps)
+    if split == 1:
+        return sum_dy.view(n * c), sum_dyx.view(n * c)
+    return sum_dy.sum(dim=1), sum_dyx.sum(dim=1)
 
 
 def row_grad_input(dy: Tensor, x: Tensor, shift: Tensor, a: Tensor,
@@ -611,9 +623,9 @@ def row_grad_input(dy: Tensor, x: Tensor, shift: Tensor, a: Tensor,
     c_blocks = -(-rows // block_r)
     m_blocks = -(-x.shape[2] // block_m)
     n_tiles = n_samples * c_blocks * m_blocks
-    _launch(_grad_input_kernel)[(min(n_tiles, max_programs),)](
-        dy, x, shift, a, b, c, dx, rows, x.shape[2], *strides[1],
-        *strides[0], n_tiles, m_blocks, c_blocks, BLOCK_R=block_r,
-        BLOCK_M=block_m, IDX64=_needs_int64([x, dy, dx]),
-        ACC64=x.dtype == torch.float64, num_warps=warps)
+    _run(_grad_input_kernel, (min(n_tiles, max_programs),), x.device, dy,
+         x, shift, a, b, c, dx, rows, x.shape[2], *strides[1], *strides[0],
+         n_tiles, m_blocks, c_blocks, BLOCK_R=block_r, BLOCK_M=block_m,
+         IDX64=_needs_int64([x, dy, dx]), ACC64=x.dtype == torch.float64,
+         num_warps=warps)
     return dx

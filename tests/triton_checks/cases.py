@@ -111,6 +111,12 @@ def check_all_passes(x: Tensor, dy: Tensor, label: str) -> list[str]:
                      STAT_TOL[x.dtype], acc,
                      scale=terms.abs().sum(dim=2).reshape(-1))
 
+    for name, pair in (('moments', (mean, var)),
+                       ('grad_sums', (sum_dy, sum_dyxc))):
+        if (pair[0].untyped_storage().data_ptr()
+                == pair[1].untyped_storage().data_ptr()):
+            errors.append(f'{name}: the two outputs share storage')
+
     dx = tr.row_grad_input(dy, x, shift, a, b, cc)
     want_dx = dy64 * col(a) + (x64 - s64) * col(b) + col(cc)
     errors += _check('grad_input', dx, want_dx, OUT_TOL[x.dtype], x.dtype)

@@ -47,7 +47,7 @@ def specializations():
                               {**tile, 'IDX64': idx64, 'SPLIT': split}, 8))
             specs.append((tr._grad_sums_kernel,
                           {'dy_ptr': xt, 'x_ptr': xt, 's_ptr': acc,
-                           'part_ptr': acc},
+                           'sum_ptr': acc, 'sumx_ptr': acc},
                           {**tile, 'IDX64': idx64}, 8))
             specs.append((tr._affine_kernel,
                           {'x_ptr': xt, 's_ptr': acc, 'a_ptr': acc,
@@ -78,10 +78,10 @@ def specializations():
                               {**tile, **{k: 1 for k in names
                                           if k in ('sxM', 'sxC', 'M')},
                                'IDX64': False, 'ACC64': False}, 8))
-            for names in (('sgM', 'sxM'), ('M', 'chunk', 'S', 'RS')):
+            for names in (('sgM', 'sxM'), ('M', 'chunk', 'S')):
                 specs.append((tr._grad_sums_kernel,
                               {'dy_ptr': xt, 'x_ptr': xt, 's_ptr': acc,
-                               'part_ptr': acc},
+                               'sum_ptr': acc, 'sumx_ptr': acc},
                               {**tile, **dict.fromkeys(names, 1),
                                'IDX64': False}, 8))
             specs.append((tr._grad_input_kernel,
