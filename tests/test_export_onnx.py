@@ -8,8 +8,13 @@ another H and W, batch 1, 1x1 maps) against PyTorch's eval output.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
+import os
 import os.path as osp
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import numpy as np
@@ -29,7 +34,11 @@ from mmnorm.layers import (
 )
 from mmnorm.layers.fixed import FixedSourceNorm
 from mmnorm.ops.kalman import group_moments, kalman_combine, normalize
-from mmnorm.ops.plain import kalman_norm_plain, switchable_norm_plain
+from mmnorm.ops.plain import (
+    kalman_norm_plain,
+    switchable_norm_plain,
+    switchable_whitening_plain,
+)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ATOL = 1e-5
@@ -133,7 +142,8 @@ def export(model: nn.Module, x: torch.Tensor, path: str, dynamo: bool,
                               dynamic_shapes=(dims,), optimize=True)
         else:
             names = {a: f'd{a}' for a in axes}
-            out = model(x)
+            with torch.no_grad():
+                out = model(x)
             outputs = ([f'y{i}' for i in range(len(out))]
                        if isinstance(out, (tuple, list)) else ['y'])
             torch.onnx.export(model, (x,), path, input_names=['x'],
@@ -557,11 +567,66 @@ def test_layer_torchscript_exporter(kind, rank, tmp_path):
 
 
 @needs_dispatch
-def test_layers_dynamo_exporter(tmp_path):
+@pytest.mark.parametrize('kind', ['SN', 'SSN-soft', 'SSN-fixed-in-bn'])
+def test_export_after_eager_forward(kind, tmp_path):
+    """A user runs the eval model (grad enabled) and then exports it."""
+    layer = _real_layers()[kind].eval()
+    model = _net(layer, 4)
+    model(_input((2, 3, 8, 10)))
+    round_trip(model, 4, str(tmp_path / 'm.onnx'), dynamo=False)
+
+
+@needs_dispatch
+@pytest.mark.parametrize('kinds', [
+    ('SN', 'collapsed-ln-ln', 'KN'),
+    # SparsestMax's branch-free iterations make SSN graphs large: a
+    # dynamo export of every kind takes about two minutes here
+    pytest.param(tuple(sorted(_real_layers())), marks=pytest.mark.slow,
+                 id='every-kind')])
+def test_layers_dynamo_exporter(kinds, tmp_path):
     layers = _real_layers()
-    kinds = DYNAMO_KINDS + ('SSN-soft', 'KN', 'collapsed-ln-ln')
     model = _Zoo([layers[k].eval() for k in kinds]).eval()
     round_trip(model, 4, str(tmp_path / 'zoo.onnx'), dynamo=True)
+
+
+def test_sw_plain_passes_torchscript_exporter(monkeypatch, tmp_path):
+    """The SW layer with its passes from switchable_whitening_plain (what
+    sw.py should call under export) exports with the TorchScript exporter
+    and equals the layer's own eval output."""
+    layer, module = _sw_layer()
+    layer.eval()
+    reference = _net(layer, 4, channels=16)
+    plain = copy.deepcopy(reference)
+    x = _input((2, 16, 5, 6))
+    with torch.no_grad():
+        expected = layer(x)
+        monkeypatch.setattr(module, 'switchable_whitening',
+                            switchable_whitening_plain)
+        torch.testing.assert_close(layer(x), expected, atol=2e-6,
+                                   rtol=1e-5)
+    # opset 13: Newton's iteration takes traces with aten::diagonal
+    ops = round_trip(plain, 4, str(tmp_path / 'sw.onnx'), dynamo=False,
+                     reference=_UnpatchedSW(reference, module, monkeypatch),
+                     opset=13)
+    assert 'MatMul' in ops
+
+
+class _UnpatchedSW(nn.Module):
+    """Runs ``net`` with sw.py's own passes (the reference)."""
+
+    def __init__(self, net, module, monkeypatch) -> None:
+        super().__init__()
+        self.net, self.module, self.patch = net, module, monkeypatch
+        from mmnorm.ops import whitening
+        self.original = whitening.switchable_whitening
+
+    def forward(self, x):
+        patched = self.module.switchable_whitening
+        self.module.switchable_whitening = self.original
+        try:
+            return self.net(x)
+        finally:
+            self.module.switchable_whitening = patched
 
 
 @pytest.mark.parametrize('dynamo', [
@@ -574,3 +639,159 @@ def test_sw_round_trip(dynamo, tmp_path):
     layer, _ = _sw_layer()
     round_trip(_net(layer.eval(), 4, channels=16), 4,
                str(tmp_path / 'sw.onnx'), dynamo=dynamo)
+
+
+# ------------------------------------------- toolkit models and the tool
+
+def _randomize_all(model: nn.Module) -> nn.Module:
+    """Every mmnorm / BN layer of a built model gets non-trivial state."""
+    for i, module in enumerate(model.modules()):
+        if isinstance(module, (SwitchableNorm, nn.modules.batchnorm._BatchNorm,
+                               KalmanNorm)):
+            _randomize(module, seed=i)
+    return model
+
+
+def _resnet_fpn(depth: int, base: int, norm: dict) -> nn.Module:
+    pytest.importorskip('mmcv.ops')
+    from toolkit_models import build_in_scope
+    neck_channels = 32
+    stage = [base * 4 * 2 ** i for i in range(4)] if depth >= 50 else \
+        [base * 2 ** i for i in range(4)]
+    backbone = build_in_scope('mmdet', dict(
+        type='ResNet', depth=depth, base_channels=base, norm_cfg=norm,
+        norm_eval=False, out_indices=(0, 1, 2, 3)))
+    neck = build_in_scope('mmdet', dict(
+        type='FPN', in_channels=stage, out_channels=neck_channels,
+        num_outs=5, norm_cfg=norm))
+    return _randomize_all(_BackboneNeck(backbone, neck)).eval()
+
+
+class _BackboneNeck(nn.Module):
+    def __init__(self, backbone, neck) -> None:
+        super().__init__()
+        self.backbone, self.neck = backbone, neck
+
+    def forward(self, x):
+        return tuple(self.neck(self.backbone(x)))
+
+
+def _check_feature_round_trip(model, path, shapes, dynamo=False):
+    x = torch.randn((1, 3) + shapes[0])
+    check_graph(export(model, x, path, dynamo), 4)
+    for i, size in enumerate(shapes):
+        xi = torch.randn((1 + i % 2, 3) + size)
+        with torch.no_grad():
+            expected = model(xi)
+        got = run_ort(path, xi)
+        assert len(got) == len(expected) == 5
+        for e, g in zip(expected, got):
+            scale = float(e.abs().max())
+            err = float(np.abs(g - e.numpy()).max())
+            # deep float32 stacks: 1e-5 relative to the output's scale
+            assert err <= ATOL * max(1.0, scale), (size, err, scale)
+
+
+@needs_dispatch
+def test_mmdet_resnet18_fpn_sn_round_trip(tmp_path):
+    """A small ResNet-18-style backbone + FPN, SN everywhere (fast)."""
+    model = _resnet_fpn(18, 16, dict(type='SN'))
+    _check_feature_round_trip(model, str(tmp_path / 'r18.onnx'),
+                              [(96, 128), (128, 96), (64, 64)])
+
+
+@needs_dispatch
+def test_mmdet_resnet50_fpn_sn_round_trip(tmp_path):
+    """mmdet's ResNet-50 + FPN with SN in both, exported at 128x160 with
+    dynamic axes and run by onnxruntime at another batch and size."""
+    model = _resnet_fpn(50, 64, dict(type='SN'))
+    _check_feature_round_trip(model, str(tmp_path / 'r50.onnx'),
+                              [(128, 160), (96, 192)])
+
+
+_TOOL_CONFIG = """
+default_scope = 'mmdet'
+custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
+sn = dict(type='SN')
+model = dict(
+    type='RetinaNet',
+    data_preprocessor=dict(type='DetDataPreprocessor',
+                           mean=[123.675, 116.28, 103.53],
+                           std=[58.395, 57.12, 57.375], bgr_to_rgb=True,
+                           pad_size_divisor=32),
+    backbone=dict(type='ResNet', depth=18, base_channels=16,
+                  norm_cfg=sn, norm_eval=False, out_indices=(1, 2, 3)),
+    neck=dict(type='FPN', in_channels=[32, 64, 128], out_channels=32,
+              start_level=0, add_extra_convs='on_input', num_outs=5,
+              norm_cfg=sn),
+    bbox_head=dict(
+        type='RetinaHead', num_classes=3, in_channels=32, feat_channels=32,
+        stacked_convs=1, norm_cfg=sn,
+        anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,
+                              scales_per_octave=3, ratios=[0.5, 1.0, 2.0],
+                              strides=[8, 16, 32, 64, 128]),
+        bbox_coder=dict(type='DeltaXYWHBBoxCoder',
+                        target_means=[0.0, 0.0, 0.0, 0.0],
+                        target_stds=[1.0, 1.0, 1.0, 1.0]),
+        loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0,
+                      alpha=0.25, loss_weight=1.0),
+        loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
+    test_cfg=dict(nms_pre=100, min_bbox_size=0, score_thr=0.05,
+                  nms=dict(type='nms', iou_threshold=0.5),
+                  max_per_img=10))
+"""
+
+
+def _tool(*args: str) -> subprocess.CompletedProcess:
+    tool = osp.join(REPO, 'tools', 'deployment', 'export_onnx.py')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, tool, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@needs_dispatch
+def test_export_tool_end_to_end(tmp_path):
+    """export_onnx.py on a small RetinaNet config with SN everywhere: a
+    checkpoint saved from the model (weights-only safe), the whole tensor
+    forward (backbone, neck, head), dynamic axes checked at a second
+    shape; and a tampered checkpoint is refused."""
+    pytest.importorskip('mmcv.ops')
+    from mmengine.config import Config
+    from toolkit_models import build_in_scope
+    config = tmp_path / 'retinanet_r18-sn.py'
+    config.write_text(textwrap.dedent(_TOOL_CONFIG))
+    model = _randomize_all(build_in_scope(
+        'mmdet', Config.fromfile(str(config)).model))
+    checkpoint = tmp_path / 'model.pth'
+    torch.save({'state_dict': model.state_dict(),
+                'meta': {'epoch': 1}}, str(checkpoint))
+    out = tmp_path / 'model.onnx'
+    result = _tool(str(config), str(checkpoint), '--out', str(out),
+                   '--shape', '96', '128', '--dynamic')
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'backbone + neck + bbox_head' in result.stdout
+    rows = [line for line in result.stdout.splitlines()
+            if line.startswith('| (')]
+    # 5 levels x (scores, boxes) at each of the two input shapes
+    assert len(rows) == 20 and all(r.endswith('| yes |') for r in rows)
+    assert any(r.startswith('| (2, 3, 128, 192)') for r in rows)
+    proto = onnx.load(str(out))
+    check_graph(proto, 4)
+    # the exported weights are the checkpoint's: onnxruntime reproduces
+    # the model built here with that state
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        expected = model.bbox_head(model.extract_feat(x))[0][0]
+    got = run_ort(str(out), x)[0]
+    assert float(np.abs(got - expected.numpy()).max()) <= 1e-4
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ('unpickled!',))
+    torch.save({'state_dict': model.state_dict(), 'x': Evil()},
+               str(tmp_path / 'evil.pth'))
+    result = _tool(str(config), str(tmp_path / 'evil.pth'), '--out',
+                   str(tmp_path / 'evil.onnx'))
+    assert result.returncode == 1
+    assert 'refused to load a checkpoint' in result.stderr
+    assert 'unpickled!' not in result.stdout

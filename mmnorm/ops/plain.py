@@ -250,3 +250,40 @@ def kalman_norm_plain(x: Tensor, weight: Optional[Tensor],
     if bias is not None:
         y = y + _channel_view(bias.to(stat_dtype), rank).unsqueeze(0)
     return y.flatten(0, 1).to(x.dtype)
+
+
+def switchable_whitening_plain(x: Tensor, group_size: int, small,
+                               params) -> tuple[Tensor, Tensor, Tensor]:
+    """Switchable Whitening's big-tensor passes from plain ops, for export.
+
+    Same contract as :func:`mmnorm.ops.whitening.switchable_whitening`
+    (whose passes run in an ``autograd.Function``, which the TorchScript
+    exporter can only record as a ``PythonOp``): ``x`` ``(N, C, *S)`` is
+    viewed as ``(N, G, c, M)`` groups of ``c = group_size`` channels, and
+    with ``d = x - mu_i``::
+
+        mu_i    = mean_M(x)                 (N, G, c, 1)
+        Sigma_i = d d^T / M                 (N, G, c, c)
+        A, s, mu_b, Sigma_b = small(mu_i, Sigma_i, *params)
+        y       = A d + s
+
+    ``M`` is a count tensor, and the view takes ``N`` and ``M`` from the
+    traced shape, so both stay dynamic in the exported graph (``MatMul``,
+    ``ReduceMean`` and elementwise operators).
+
+    Returns:
+        ``y`` (shape and dtype of ``x``) and ``small``'s BW statistics
+        ``(G, c, 1)``, ``(G, c, c)``, detached.
+    """
+    dtype = x.dtype if x.dtype in _EXACT_DTYPES else torch.float32
+    rows = x.to(dtype).flatten(2)                      # (N, C, M)
+    groups = rows.shape[1] // group_size
+    xs = rows.reshape((-1, groups, group_size, rows.shape[2]))
+    mu_i = xs.mean(-1, keepdim=True)
+    xc = xs - mu_i
+    count = torch.ones_like(xs[:1, :1, :1]).sum(-1, keepdim=True)
+    sigma_i = torch.matmul(xc, xc.transpose(-1, -2)) / count
+    a, shift, mu_b, sigma_b = small(mu_i, sigma_i, *params)
+    y = torch.matmul(a, xc) + shift
+    return (y.reshape(x.shape).to(x.dtype), mu_b.detach(),
+            sigma_b.detach())
