@@ -132,7 +132,9 @@ def bn_to_switchable(state: Mapping[str, Tensor], bn_ratio: float = 1 / 3,
 
     Args:
         bn_ratio: initial BN weight of means and variances (default
-            uniform 1/3, like a freshly built SN layer).
+            uniform 1/3, like a freshly built SN layer; 1: BN alone, the
+            other branches weigh exactly 0). Shared with
+            :func:`convert_norms`.
         sparse: also add SSN's ``radius`` (0) and ``mean_choice`` /
             ``var_choice`` (-1, not fixed).
         strip_prefix: drop this prefix from every key (e.g. ``module.``).
@@ -142,7 +144,7 @@ def bn_to_switchable(state: Mapping[str, Tensor], bn_ratio: float = 1 / 3,
         if strip_prefix and key.startswith(strip_prefix):
             key = key[len(strip_prefix):]
         out[key] = value
-    logits = bn_mixing_logits(bn_ratio)
+    logits = _mixing_logits(bn_ratio)
     prefixes = [k[:-len('running_mean')] for k in out
                 if k.endswith('running_mean')]
     for prefix in prefixes:
@@ -334,7 +336,11 @@ def load_bn_entries(layer: nn.Module, state: Mapping[str, Tensor],
     entries, sources = _checkpoint_entries(layer, state, module_name)
     targets = layer.state_dict(keep_vars=True)
     expected = _expected_from_bn(layer)
-    order = sorted(targets, key=lambda n: (n not in expected, n))
+    # BN's entries first (in BN's order), then what BN entries give this
+    # layer (IBN's parts), then the layer's own, each in state-dict order
+    order = sorted(targets, key=lambda n: (
+        (0, BN_ENTRIES.index(n)) if n in BN_ENTRIES
+        else (1, 0) if n in expected else (2, 0)))
     copied, absent, mismatched, bad = [], [], [], False
     for name in order:
         tensor, source = targets[name], entries.get(name)
@@ -357,7 +363,8 @@ def load_bn_entries(layer: nn.Module, state: Mapping[str, Tensor],
     parts = [f'{action} {module_name} into {type(layer).__name__}: copied '
              f"{', '.join(copied) or 'nothing'}"]
     if absent:
-        parts.append('not in the checkpoint, left unchanged: '
+        where = '2D checkpoint' if action == 'inflate' else 'checkpoint'
+        parts.append(f'not in the {where}, left unchanged: '
                      f"{', '.join(absent)}")
     if mismatched:
         parts.append(f"wrong shape, left unchanged: {'; '.join(mismatched)}")
@@ -402,7 +409,8 @@ def adapt_bn_state_dict(model: nn.Module, state: Mapping[str, Tensor]
 
 def _mixing_logits(bn_ratio: float) -> Tensor:
     """:func:`bn_mixing_logits`, and for ``bn_ratio=1`` BN alone (the other
-    branches get weight exactly 0)."""
+    branches get weight exactly 0). Used by :func:`bn_to_switchable` and
+    :func:`convert_norms`."""
     if bn_ratio == 1:
         return torch.tensor([ABSENT, ABSENT, 0.0])
     return bn_mixing_logits(bn_ratio)

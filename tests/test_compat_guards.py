@@ -92,7 +92,34 @@ def test_mmengine_efficient_conv_bn_eval_refuses_sn():
 def test_install_is_idempotent():
     from mmengine.model import convert_sync_batchnorm
 
-    from mmnorm.compat import guards
+    from mmnorm.compat import guards, patches
     guards.install()
+    patches.install()
     from mmengine.model import convert_sync_batchnorm as again
     assert again is convert_sync_batchnorm
+    assert {'sync-bn', 'torch-sync-bn', 'fuse-conv-bn',
+            'efficient-conv-bn-eval'} <= set(patches.applied())
+
+
+def test_without_the_patch_fuse_conv_bn_silently_changes_sn_models():
+    """Where mmcv breaks SN models (drop the patch once this fails)."""
+    import importlib
+
+    from mmnorm.compat import patches
+
+    # the package attribute fuse_conv_bn is the function, not the module
+    fuse_module = importlib.import_module('mmcv.cnn.utils.fuse_conv_bn')
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), SwitchableNorm(4))
+    model.train()(torch.randn(4, 3, 8, 8))
+    model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    patches.uninstall(('fuse-conv-bn',))
+    try:
+        assert not patches.is_applied('fuse-conv-bn')
+        fused = fuse_module.fuse_conv_bn(model)
+        assert isinstance(fused[1], nn.Identity)
+        assert (fused(x) - expected).abs().max() > 1e-2
+    finally:
+        patches.install()
+    assert patches.is_applied('fuse-conv-bn')

@@ -268,8 +268,12 @@ def _apply_module(module_name: str) -> None:
                 _apply_target(patch, target)
 
 
-def _watched() -> set[str]:
-    return {_split(t)[0] for p in PATCHES for t in p.targets}
+_WATCHED = frozenset(_split(t)[0] for p in PATCHES for t in p.targets)
+
+
+def _watched() -> frozenset[str]:
+    """The modules that hold a patch target."""
+    return _WATCHED
 
 
 class _PatchingFinder(importlib.abc.MetaPathFinder):
