@@ -8,7 +8,7 @@
 #
 # mmengine 0.10.7 needs addict, termcolor, yapf (which needs platformdirs)
 # besides what is there; --opencv also fetches opencv-python-headless
-# (about 50 MB) for a machine without cv2.
+# (tens of MB) for a machine without cv2.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OPENCV=0
