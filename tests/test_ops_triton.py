@@ -68,8 +68,7 @@ def test_interpreter(interpreted, group):
 
 
 def test_interpreter_process(interpreted):
-    """No other failure (e.g. the CPU kernel missing for the precision
-    comparison) and a clean exit."""
+    """No other failure and a clean exit."""
     returncode, result, stderr = interpreted
     failures = {k: v for k, v in result['groups'].items() if v}
     assert returncode == 0 and not failures, (failures, stderr[-4000:])

@@ -40,6 +40,7 @@ CPU tensors are accepted only under ``TRITON_INTERPRET=1`` (the tests).
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -397,10 +398,15 @@ def _next_pow2(v: int) -> int:
     return 1 << max(v - 1, 0).bit_length()
 
 
+@functools.cache
+def _sm_count(index: Optional[int]) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _programs(device: torch.device) -> tuple[int, int]:
     """(programs to aim for, most programs in one grid)."""
     if device.type == 'cuda':
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        sms = _sm_count(device.index)
         return 8 * sms, 32 * sms
     return INTERPRET_PROGRAMS
 
