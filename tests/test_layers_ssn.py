@@ -192,3 +192,43 @@ def test_freezing_neither_breaks_the_graph_nor_recompiles():
     eager = SparseSwitchableNorm(5)
     eager.load_state_dict(layer.state_dict())
     torch.testing.assert_close(compiled(x), eager(x))
+
+
+def test_a_layer_known_frozen_skips_sparsestmax_with_the_same_result():
+    """Eager mode: once the host has seen (asynchronously) that both
+    choices are set, the weights come without SparsestMax; the same values
+    and exactly-zero lambda gradients, far fewer ops."""
+    import copy
+
+    from test_host_syncs import HostReads
+    layer = _layer(radius=0.95)
+    x = torch.randn(4, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    layer(x)  # freezes
+    assert layer.fixed
+    slow = [w.clone() for w in layer.mixing_weights()]
+    assert not layer._host_frozen
+    layer(x)  # reads the probe of the freezing step
+    assert layer._host_frozen
+    fast = layer.mixing_weights()
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+
+    class Count(HostReads):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Count() as mode:
+        mean_w, var_w = layer._forward_weights(False)
+        (mean_w.sum() * float('inf') + var_w.sum()).backward()
+    assert len(mode.calls) < 40
+    assert layer.mean_weight.grad.eq(0).all()
+    assert layer.var_weight.grad.eq(0).all()
+    # deepcopy (EMA models) and loading a learning state reset it
+    clone = copy.deepcopy(layer)
+    assert clone._host_probe is None and clone.fixed
+    learning = _layer()
+    layer.load_state_dict(learning.state_dict())
+    assert not layer._host_frozen and not layer.fixed
+    for a, b in zip(layer.mixing_weights(), learning.mixing_weights()):
+        assert torch.equal(a, b)

@@ -65,6 +65,10 @@ class SparseSwitchableNorm(SwitchableNorm):
                              torch.full((), _NOT_FIXED, dtype=torch.long))
         self.register_buffer('var_choice',
                              torch.full((), _NOT_FIXED, dtype=torch.long))
+        # Eager only: whether the host has seen, without waiting for the
+        # device, that both choices are set (see _frozen_on_host).
+        self._host_frozen = False
+        self._host_probe: Optional[tuple[Tensor, object]] = None
 
     # Host reads: for users, logs and tests, never in forward.
     @property
@@ -86,6 +90,58 @@ class SparseSwitchableNorm(SwitchableNorm):
                              f'got {radius}')
         self.radius.fill_(radius)
 
+    def _frozen_on_host(self) -> bool:
+        """True once the host knows that both choices are set, learnt
+        without ever waiting for the device; eager mode only.
+
+        Every forward of a layer not yet known to be frozen copies the
+        choices into host memory asynchronously (pinned memory and a CUDA
+        event on the GPU, a plain copy on the CPU) and looks at the copy of
+        an earlier forward only once its event has completed
+        (``Event.query`` does not block). Once frozen, a layer stays frozen
+        (only ``load_state_dict`` can change the choices, and it resets
+        this), so the answer may come a step late but is never wrong.
+        Under ``torch.compile`` (and CUDA graph capture) this is skipped:
+        the traced graph keeps the branch-free selection.
+        """
+        if self._host_frozen:
+            return True
+        device = self.mean_choice.device
+        if torch.compiler.is_compiling() or device.type not in ('cpu',
+                                                                'cuda'):
+            return False
+        if device.type == 'cuda' and torch.cuda.is_current_stream_capturing():
+            return False
+        probe = self._host_probe
+        if probe is not None and (probe[1] is None or probe[1].query()):
+            self._host_probe = None
+            # the host copy's memory, read without dispatching anything
+            if bool((probe[0].numpy() != _NOT_FIXED).all()):
+                self._host_frozen = True
+                return True
+        if self._host_probe is None:
+            choices = torch.stack([self.mean_choice, self.var_choice])
+            on_gpu = device.type == 'cuda'
+            host = torch.empty(2, dtype=torch.long, pin_memory=on_gpu)
+            host.copy_(choices, non_blocking=on_gpu)
+            event = None
+            if on_gpu:
+                event = torch.cuda.Event()
+                event.record()
+            self._host_probe = (host, event)
+        return False
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._host_frozen = False
+        self._host_probe = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self):
+        # deepcopy / pickle (e.g. EMA models): events do not copy
+        state = dict(super().__getstate__())
+        state['_host_probe'] = None
+        return state
+
     def _weights(self, flat: bool, record: bool) -> tuple[Tensor, Tensor]:
         """``(3,)`` mean and variance weights from the lambdas.
 
@@ -100,11 +156,17 @@ class SparseSwitchableNorm(SwitchableNorm):
         logits = torch.stack([self.mean_weight, self.var_weight])
         choices = torch.stack([self.mean_choice, self.var_choice])
         frozen = (choices != _NOT_FIXED).unsqueeze(-1)
+        branches = torch.arange(logits.shape[-1], device=choices.device)
+        one_hot = (choices.unsqueeze(-1) == branches).to(logits.dtype)
+        if self._frozen_on_host():
+            # Same result without SparsestMax (about 400 small ops forward
+            # and backward): the one-hot, the lambda in the graph with an
+            # exactly-zero gradient.
+            weights = torch.where(frozen, one_hot, logits)
+            return weights[0], weights[1]
         learned = sparsestmax(
             torch.where(frozen, logits.detach(), logits),
             self.radius, self._available(flat))
-        branches = torch.arange(logits.shape[-1], device=choices.device)
-        one_hot = (choices.unsqueeze(-1) == branches).to(logits.dtype)
         weights = torch.where(frozen, one_hot, learned)
         if record:
             with torch.no_grad():

@@ -13,8 +13,9 @@ operations, so autograd differentiates them. They run entirely on the
 tensors' device: no value is read back to the host and no Python branch
 depends on a tensor's value. The recursion of SparsestMax becomes a fixed
 number of rounds (the face shrinks by at least one vertex per round, so
-``K`` rounds suffice for ``K`` entries) whose results are selected with
-``torch.where``; ``torch.compile`` traces them as one graph.
+after ``K - 1`` rounds for ``K`` entries only a vertex is left) whose
+results are selected with ``torch.where``; ``torch.compile`` traces them
+as one graph.
 
 Both accept a batch of vectors, ``(..., K)``, and an optional ``(K,)`` (or
 broadcastable) bool mask ``available``: unavailable entries take no part
@@ -50,10 +51,12 @@ def _sparsemax(z: Tensor, available: Tensor) -> Tensor:
     masked = z.masked_fill(~available, float('-inf'))
     sorted_z, _ = torch.sort(masked, dim=-1, descending=True)
     cumsum = sorted_z.cumsum(-1)
-    ks = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype, device=z.device)
-    in_support = 1 + ks * sorted_z > cumsum
-    # the support is a prefix of the sorted entries; never empty
-    size = in_support.sum(-1, keepdim=True).clamp(min=1)
+    with torch.no_grad():
+        ks = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype,
+                          device=z.device)
+        # the support is a prefix of the sorted entries; never empty
+        size = (1 + ks * sorted_z > cumsum).sum(-1, keepdim=True).clamp(
+            min=1)
     tau = (cumsum.gather(-1, size - 1) - 1) / size.to(z.dtype)
     return (masked - tau).clamp(min=0)
 
@@ -102,33 +105,38 @@ def sparsestmax(z: Tensor, radius: Union[float, Tensor],
     out = w
     done = torch.zeros_like(remaining_sq, dtype=torch.bool)
     centre_prev: Optional[Tensor] = None
-    for _ in range(z.shape[-1]):
-        support = w > 0
-        size = support.sum(-1, keepdim=True)
-        centre = support.to(z.dtype) / size.clamp(min=1).to(z.dtype)
-        if centre_prev is not None:
-            remaining_sq = remaining_sq - (centre - centre_prev).square().sum(
-                -1, keepdim=True)
-        r = remaining_sq.clamp(min=0).sqrt()
+    # After K - 1 rounds that did not return, the support is a vertex.
+    for _ in range(z.shape[-1] - 1):
+        # what only selects (no gradient flows through it)
+        with torch.no_grad():
+            support = w > 0
+            size = support.sum(-1, keepdim=True)
+            centre = support.to(z.dtype) / size.clamp(min=1).to(z.dtype)
+            if centre_prev is not None:
+                remaining_sq = remaining_sq - (
+                    centre - centre_prev).square().sum(-1, keepdim=True)
+            r = remaining_sq.clamp(min=0).sqrt()
+            # From the centre itself the direction is undefined: break the
+            # tie toward the first vertex of the face (not 0/0).
+            first = support & (support.cumsum(-1) == 1)
+            tie_offset = first.to(z.dtype) - centre
+            tie_dist = torch.linalg.vector_norm(tie_offset, dim=-1,
+                                                keepdim=True)
         offset = w - centre
         dist = torch.linalg.vector_norm(offset, dim=-1, keepdim=True)
-        stays = (size <= 1) | (remaining_sq <= 0) | (dist >= r)
-        # From the centre itself the direction is undefined: break the tie
-        # toward the first vertex of the face (deterministic, not 0/0).
-        first = support & (support.cumsum(-1) == 1)
-        tie_offset = first.to(z.dtype) - centre
-        tie = dist < _TIE_DISTANCE
+        with torch.no_grad():
+            stays = (size <= 1) | (remaining_sq <= 0) | (dist >= r)
+            tie = dist < _TIE_DISTANCE
         offset = torch.where(tie, tie_offset, offset)
-        dist = torch.where(
-            tie, torch.linalg.vector_norm(tie_offset, dim=-1, keepdim=True),
-            dist)
+        dist = torch.where(tie, tie_dist, dist)
         # a zero distance only occurs where the result is not used
         pushed = centre + offset * (r / torch.where(dist > 0, dist, 1))
         # back onto the plane sum(w) = 1 against rounding drift
         pushed = pushed + (1 - pushed.sum(-1, keepdim=True)) * centre
-        inside = (pushed >= 0).all(-1, keepdim=True)
+        with torch.no_grad():
+            inside = (pushed >= 0).all(-1, keepdim=True)
         out = torch.where(done, out, torch.where(stays, w, pushed))
         done = done | stays | inside
         w = torch.where(done, w, _sparsemax(pushed, available))
         centre_prev = centre
-    return out
+    return torch.where(done, out, w)
