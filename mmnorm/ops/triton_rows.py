@@ -558,7 +558,8 @@ def row_grad_sums(dy: Tensor, x: Tensor,
     ``sum_m dy * (x - shift[r])``.
 
     Args:
-        dy: ``(N, C, M)`` like ``x``, any strides (e.g. expanded, stride 0).
+        dy: ``(N, C, M)`` like ``x``, any strides (e.g. expanded, stride 0),
+            any of the four float dtypes (read as it is).
         x: ``(N, C, M)``, any strides, float16/bfloat16/float32/float64.
         shift: ``(N * C,)`` float32 or float64, the centre (the row mean).
 
@@ -602,7 +603,8 @@ def row_grad_input(dy: Tensor, x: Tensor, shift: Tensor, a: Tensor,
     """``dx = dy * a[r] + (x - shift[r]) * b[r] + c[r]``.
 
     Args:
-        dy: ``(N, C, M)`` like ``x``, any strides (e.g. expanded, stride 0).
+        dy: ``(N, C, M)`` like ``x``, any strides (e.g. expanded, stride 0),
+            any of the four float dtypes (read as it is).
         x: ``(N, C, M)``, any strides, float16/bfloat16/float32/float64.
         shift, a, b, c: ``(N * C,)`` float32 or float64.
         out_dtype: the output's dtype; ``x.dtype`` by default.

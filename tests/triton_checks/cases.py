@@ -120,6 +120,11 @@ def check_all_passes(x: Tensor, dy: Tensor, label: str) -> list[str]:
     dx = tr.row_grad_input(dy, x, shift, a, b, cc)
     want_dx = dy64 * col(a) + (x64 - s64) * col(b) + col(cc)
     errors += _check('grad_input', dx, want_dx, OUT_TOL[x.dtype], x.dtype)
+    if x.dtype == torch.float32:
+        dx16 = tr.row_grad_input(dy, x, shift, a, b, cc,
+                                 out_dtype=torch.bfloat16)
+        errors += _check('grad_input(out_dtype=bfloat16)', dx16, want_dx,
+                         OUT_TOL[torch.bfloat16], torch.bfloat16)
     return [f'{label}: {e}' for e in errors]
 
 
@@ -156,6 +161,9 @@ def _layouts(device: str, dtype: torch.dtype) -> dict[str, Callable]:
     def transposed():  # rows strided, columns not contiguous
         return rand(9, 2, 5).permute(1, 2, 0), rand(2, 5, 9)
 
+    def dy_float32():  # a gradient in another dtype than x
+        return rand(2, 3, 45), torch.randn(2, 3, 45).to(device)
+
     return {
         'one_element_rows': plain((2, 3, 1)),
         'nc_input': plain((7, 13, 1)),
@@ -169,6 +177,7 @@ def _layouts(device: str, dtype: torch.dtype) -> dict[str, Callable]:
         'channels_last': channels_last,
         'channels_last_mixed': channels_last_mixed,
         'transposed': transposed,
+        'dy_float32': dy_float32,
     }
 
 
