@@ -94,10 +94,20 @@ def test_timer_reports_a_failing_case_and_times_the_others():
 
 
 def test_network_step_and_ratio():
-    rows = bench.bench_network(['2x32'], torch.device('cpu'), torch.float32,
-                               repeats=1, warmup=0, norms=('SN', 'GN'))
+    resnet = _resnet()
+
+    def build(norm):  # a two-block net: the step logic, cheaply
+        make = resnet.norm_factory(norm)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 32, 3), make(32), torch.nn.ReLU(inplace=True),
+            torch.nn.Conv2d(32, 32, 3), make(32), torch.nn.ReLU(inplace=True),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+            torch.nn.Linear(32, 1000))
+    rows = bench.bench_network(['2x16'], torch.device('cpu'), torch.float32,
+                               repeats=1, warmup=0, norms=('SN', 'GN'),
+                               build=build)
     (result,) = rows
-    assert result['setting'] == '2x32'
+    assert result['setting'] == '2x16'
     sn, gn = result['rows']['SN'], result['rows']['GN']
     assert 'error' not in sn and 'error' not in gn
     assert result['ratios']['sn_vs_gn'] == sn['step_ms'] / gn['step_ms']

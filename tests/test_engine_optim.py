@@ -160,8 +160,10 @@ def _build_amp_wrapper(model, monkeypatch, **extra):
     from mmengine.optim import build_optim_wrapper
     from mmengine.optim.optimizer import amp_optimizer_wrapper
 
-    from mmnorm.engine.optim_wrapper import (AmpMixingWeightClipOptimWrapper,
-                                             amp_optim_wrapper_type)
+    from mmnorm.engine.optim_wrapper import (
+        AmpMixingWeightClipOptimWrapper,
+        amp_optim_wrapper_type,
+    )
     cfg = _ssn_recipe().to_dict()
     cfg.update(type=amp_optim_wrapper_type(cfg['type']),
                loss_scale='dynamic',

@@ -516,10 +516,14 @@ def _parse_setting(setting: str) -> tuple[int, int, int]:
 
 def bench_network(settings: list[str], device: torch.device,
                   dtype: torch.dtype, repeats: int, warmup: int,
-                  norms: tuple[str, ...] = ('SN', 'GN', 'BN')) -> list[dict]:
-    """One SGD training step of ResNet-50 with each norm everywhere;
-    half dtypes under autocast (float32 parameters), as ``--amp``."""
-    resnet = _sibling('resnet50_bench')
+                  norms: tuple[str, ...] = ('SN', 'GN', 'BN'),
+                  build: Optional[Callable[[str], nn.Module]] = None
+                  ) -> list[dict]:
+    """One SGD training step of ResNet-50 (or ``build(norm)``) with each
+    norm everywhere; half dtypes under autocast (float32 parameters), as
+    ``--amp`` trains."""
+    if build is None:
+        build = _sibling('resnet50_bench').resnet50
     results = []
     for setting in settings:
         batch, height, width = _parse_setting(setting)
@@ -528,7 +532,7 @@ def bench_network(settings: list[str], device: torch.device,
         labels = torch.randint(0, 1000, (batch,), device=device)
         fns, models = {}, {}
         for norm in norms:
-            model = resnet.resnet50(norm).to(device).train()
+            model = build(norm).to(device).train()
             opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
             models[norm] = model
 
