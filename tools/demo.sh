@@ -3,14 +3,16 @@
 # backbone, neck and heads on synthetic COCO data with 2 CPU processes
 # (gloo, through tools/dist_train.sh like a GPU user), evaluate it with the
 # COCO metrics (tools/dist_test.sh) and show what the SN layers learned.
-#   tools/demo.sh [PROCESSES]        (default 2; PYTHON overrides python)
+#   tools/demo.sh [PROCESSES]        (default 2; PYTHON overrides python,
+#                                     WORK the output folder, PORT the port,
+#                                     CONFIG another demo config)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 NPROC=${1:-2}
-CONFIG=configs/demo/mask-rcnn_r18-sn_fpn-sn_synthetic-coco.py
+CONFIG=${CONFIG:-configs/demo/mask-rcnn_r18-sn_fpn-sn_synthetic-coco.py}
 DATA=data/synthetic_coco_demo
-WORK=work_dirs/demo
+WORK=${WORK:-work_dirs/demo}
 say() { printf '\033[1m[demo]\033[0m %s\n' "$*"; }
 
 fail() {  # show the end of a failed step's log and stop
@@ -30,7 +32,7 @@ progress() {  # one short line per logged training interval, with the ETA
 }
 
 say "1/4 synthetic COCO data in $DATA (seeded; generated once)"
-$PYTHON -c "from mmnorm.datasets import ensure_synthetic_coco as e; e('$DATA', seed=0, num_train=2000, num_val=50, inside=True, max_occlusion=0.5)"
+$PYTHON -c "from mmnorm.datasets import ensure_synthetic_coco as e; e('$DATA', seed=0, num_train=2000, num_val=50, inside=True, max_occlusion=0.5, workers=$NPROC)"
 
 say "2/4 training $CONFIG with $NPROC CPU processes (about 12 minutes on 2 cores)"
 rm -rf "$WORK" && mkdir -p "$WORK"
@@ -59,4 +61,4 @@ say "4/4 what the SN layers learned"
 $PYTHON tools/analysis_tools/plot_ratios.py "$WORK/sn_ratios.jsonl" --out-dir "$WORK/ratios" \
     --title "Mask R-CNN R18 SN (synthetic COCO)"
 $PYTHON tools/analysis_tools/ratio_summary.py "$CKPT" | head -n 12 || true
-say "done: figures in $WORK/ratios/, full table: python tools/analysis_tools/ratio_summary.py $CKPT"
+say "done in $((SECONDS / 60)) min $((SECONDS % 60)) s: figures in $WORK/ratios/, full table: python tools/analysis_tools/ratio_summary.py $CKPT"

@@ -158,10 +158,34 @@ def _write_png(path: str, array: np.ndarray) -> None:
         raise OSError(f'could not write {path}')
 
 
+def _coco_scene(job: tuple) -> tuple[dict, list]:
+    """Render and write one COCO image; its image entry and annotations
+    (without annotation ids). ``job``: root, seed, split, index, height,
+    width, inside, max_occlusion (a tuple, so a process pool can map it)."""
+    root, seed, split, index, height, width, inside, max_occlusion = job
+    image, objects = render_scene(_scene_seed(seed, split, index),
+                                  height, width, inside=inside,
+                                  max_occlusion=max_occlusion)
+    file_name = f'{index:06d}.png'
+    _write_png(os.path.join(root, f'{split}2017', file_name), image)
+    annotations = []
+    for obj in objects:
+        ys, xs = np.nonzero(obj.mask)
+        x0, y0 = int(xs.min()), int(ys.min())
+        annotations.append(dict(
+            image_id=index + 1, category_id=obj.label + 1, iscrowd=0,
+            area=int(obj.mask.sum()),
+            bbox=[x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+            segmentation=rle_encode(obj.mask)))
+    return (dict(id=index + 1, file_name=file_name, height=height,
+                 width=width), annotations)
+
+
 def ensure_synthetic_coco(root: str, seed: int = 0, num_train: int = 8,
                           num_val: int = 4, height: int = 128,
                           width: int = 128, inside: bool = False,
-                          max_occlusion: Optional[float] = None) -> str:
+                          max_occlusion: Optional[float] = None,
+                          workers: int = 1) -> str:
     """COCO-format instance segmentation data under ``root``.
 
     Layout (mmdet's ``CocoDataset`` defaults): ``train2017/``,
@@ -169,7 +193,12 @@ def ensure_synthetic_coco(root: str, seed: int = 0, num_train: int = 8,
     .json`` with boxes, uncompressed-RLE masks and the three classes.
     Generated only if ``root`` does not already hold the same dataset.
     ``inside`` and ``max_occlusion`` are passed to :func:`render_scene`.
+    ``workers`` > 1 renders the scenes in that many processes; the files
+    are the same bytes as with one.
     """
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError('ensure_synthetic_coco: workers must be an int >= '
+                         f'1, got {workers!r}')
     params = dict(kind='coco', seed=seed, num_train=num_train,
                   num_val=num_val, height=height, width=width)
     scene = dict(inside=inside, max_occlusion=max_occlusion)
@@ -178,32 +207,33 @@ def ensure_synthetic_coco(root: str, seed: int = 0, num_train: int = 8,
     if _stamp_ok(root, params):
         return root
     categories = [dict(id=i + 1, name=name) for i, name in enumerate(CLASSES)]
-    for split, count in (('train', num_train), ('val', num_val)):
-        images, annotations = [], []
-        for index in range(count):
-            image, objects = render_scene(_scene_seed(seed, split, index),
-                                          height, width, inside=inside,
-                                          max_occlusion=max_occlusion)
-            file_name = f'{index:06d}.png'
-            _write_png(os.path.join(root, f'{split}2017', file_name), image)
-            images.append(dict(id=index + 1, file_name=file_name,
-                               height=height, width=width))
-            for obj in objects:
-                ys, xs = np.nonzero(obj.mask)
-                x0, y0 = int(xs.min()), int(ys.min())
-                annotations.append(dict(
-                    id=len(annotations) + 1, image_id=index + 1,
-                    category_id=obj.label + 1, iscrowd=0,
-                    area=int(obj.mask.sum()),
-                    bbox=[x0, y0, int(xs.max()) - x0 + 1,
-                          int(ys.max()) - y0 + 1],
-                    segmentation=rle_encode(obj.mask)))
-        path = os.path.join(root, 'annotations',
-                            f'instances_{split}2017.json')
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, 'w') as f:
-            json.dump(dict(images=images, annotations=annotations,
-                           categories=categories), f, sort_keys=True)
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+        methods = mp.get_all_start_methods()
+        pool = mp.get_context('fork' if 'fork' in methods else None).Pool(
+            workers)
+    try:
+        for split, count in (('train', num_train), ('val', num_val)):
+            jobs = [(root, seed, split, index, height, width, inside,
+                     max_occlusion) for index in range(count)]
+            scenes = (pool.imap(_coco_scene, jobs, chunksize=16) if pool
+                      else map(_coco_scene, jobs))
+            images, annotations = [], []
+            for image, objects in scenes:  # in index order either way
+                images.append(image)
+                for obj in objects:
+                    annotations.append(dict(id=len(annotations) + 1, **obj))
+            path = os.path.join(root, 'annotations',
+                                f'instances_{split}2017.json')
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, 'w') as f:
+                json.dump(dict(images=images, annotations=annotations,
+                               categories=categories), f, sort_keys=True)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     _write_stamp(root, params)
     return root
 
