@@ -158,3 +158,29 @@ def test_ibn_training_step():
     layer = IBN(6)
     x = torch.randn(4, 6, 5, 5, requires_grad=True)
     assert host_reads_of_step(layer, x, steps=2) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_training_steps_do_not_synchronize():
+    """On a GPU, CUDA's own sync detector raises on any synchronizing call
+    (``.item()``, blocking copies, ``nonzero``) inside the steps."""
+    layers = [SwitchableNorm(6, momentum=None), SparseSwitchableNorm(6),
+              FixedSourceNorm(6, 1, 2, momentum=None), IBN(6),
+              KalmanNorm(6, momentum=None)]
+    frozen = SparseSwitchableNorm(6)
+    frozen.set_radius(0.95)
+    layers.append(frozen)
+    x = torch.randn(4, 6, 5, 5, device='cuda', requires_grad=True)
+    grad = torch.randn_like(x)
+    for layer in layers:
+        layer.cuda()
+        layer(x).backward(grad)  # warm-up: kernels load, SSN freezes
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode('error')
+        try:
+            for _ in range(3):
+                layer(x).backward(grad)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+    torch.cuda.synchronize()
+    assert frozen.fixed and frozen._host_frozen
