@@ -266,3 +266,65 @@ def test_amp_wrapper_rejects_bad_lambda_max_norm(monkeypatch):
     with pytest.raises(ValueError, match='AmpMixingWeightClipOptimWrapper: '
                        'lambda_max_norm must be > 0'):
         _build_amp_wrapper(_amp_model(), monkeypatch, lambda_max_norm=0.0)
+
+
+def test_train_tool_amp_builds_the_runner_and_its_wrapper(monkeypatch,
+                                                          tmp_path):
+    """``tools/train.py --amp`` on an SSN-recipe config, up to the built
+    Runner and the optimizer wrapper it makes (no toolkit needed)."""
+    import importlib.util
+    import os
+    import warnings
+
+    import torch
+    from mmengine.model import BaseModel
+    from mmengine.optim.optimizer import amp_optimizer_wrapper
+    from mmengine.registry import MODELS
+
+    from mmnorm import SparseSwitchableNorm
+    from mmnorm.engine.optim_wrapper import AmpMixingWeightClipOptimWrapper
+
+    @MODELS.register_module(name='AmpToySSNNet', force=True)
+    class AmpToySSNNet(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.norm = SparseSwitchableNorm(8)
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            return self.norm(self.conv(inputs))
+
+    tools = os.path.join(os.path.dirname(__file__), '..', 'tools')
+    recipe = os.path.abspath(os.path.join(tools, '..', 'configs', '_base_',
+                                          'ssn_recipe.py'))
+    cfg_path = tmp_path / 'cfg.py'
+    cfg_path.write_text(
+        f'_base_ = [{recipe!r}]\n'
+        "default_scope = 'mmengine'\n"
+        "model = dict(type='AmpToySSNNet')\n"
+        "optim_wrapper = dict(type='OptimWrapper', optimizer=dict("
+        "type='SGD', lr=0.1, weight_decay=1e-4))\n"
+        'optim_wrapper.update(_base_.ssn_optim_wrapper)\n'
+        "train_dataloader = dict(batch_size=1, dataset=dict(type='X'), "
+        "sampler=dict(type='DefaultSampler'))\n"
+        'train_cfg = dict(by_epoch=False, max_iters=1)\n'
+        'custom_hooks = _base_.ssn_custom_hooks\n')
+    spec = importlib.util.spec_from_file_location(
+        'mmnorm_train_tool', os.path.join(tools, 'train.py'))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    with monkeypatch.context() as patch:  # --amp refuses a CPU machine
+        patch.setattr(torch.cuda, 'is_available', lambda: True)
+        cfg = train.build_cfg(train.parse_args(
+            [str(cfg_path), '--amp', '--work-dir', str(tmp_path / 'w')]))
+    runner = train.build_runner(cfg, 'none')
+    monkeypatch.setattr(amp_optimizer_wrapper, 'is_cuda_available',
+                        lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        wrapper = runner.build_optim_wrapper(runner.cfg.optim_wrapper)
+    assert isinstance(wrapper, AmpMixingWeightClipOptimWrapper)
+    assert wrapper.lambda_max_norm == 1.0
+    group = {id(p): g for g in wrapper.optimizer.param_groups
+             for p in g['params']}[id(runner.model.norm.mean_weight)]
+    assert group['lr'] == pytest.approx(0.01) and group['weight_decay'] == 0
