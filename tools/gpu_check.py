@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     pytest = [*py, '-m', 'pytest', '-q', '-o', 'addopts=',
               '-m', 'not slow', '-p', 'no:cacheprovider', *plugin]
     if args.cpu_smoke:
-        device, dtypes = 'cpu', ['float32']
+        device, dtypes, net_dtypes = 'cpu', ['float32'], ['float32']
         layers = ['--shapes', '2x32x4x4', '2x32x2x2x2', '--repeats', '1',
                   '--warmup', '0']
         network = ['--network-settings', '2x32', '--network-repeats', '1',
@@ -198,6 +198,7 @@ def main(argv=None) -> int:
         limits = {k: 4 * v for k, v in STAGES.items()}  # 2 shared cores
     else:
         device, dtypes = 'cuda', ['float32', 'float16', 'bfloat16']
+        net_dtypes = ['float32', 'bfloat16']  # bf16: autocast, as --amp
         layers = ['--repeats', '10', '--warmup', '3']
         network = ['--network-repeats', '5', '--warmup', '2']
         whitening = ['--repeats', '10']
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
                          *layers, '--no-whitening', '--out',
                          os.path.join(args.outdir, 'bench_layers.json')],
         'bench_network': [*py, BENCH, '--device', device, '--dtype',
-                          'float32', 'bfloat16', '--network-only',
+                          *net_dtypes, '--network-only',
                           '--no-whitening', *network, '--out',
                           os.path.join(args.outdir, 'bench_network.json')],
         'bench_whitening': [*py, WHITENING, '--device', device, '--dtype',
