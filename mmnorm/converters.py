@@ -215,87 +215,82 @@ def _accepts_bn_state(layer: nn.Module) -> bool:
         else isinstance(layer, _BatchNorm)
 
 
-def bn_state_for(layer: nn.Module, entries: Mapping[str, Tensor]
-                 ) -> dict[str, Tensor]:
-    """One BN layer's checkpoint entries (local keys ``weight``, ``bias``,
-    ``running_mean``, ``running_var``, ``num_batches_tracked``; those
-    present) as entries of ``layer``'s state dict.
-
-    A BN-shaped layer (SN, SSN, KN, BN) takes them as they are; a layer
-    with a registered BN loader (IBN: the first/last channels to ``IN``,
-    the others to ``BN``) through it.
-
-    Raises:
-        ValueError: ``layer`` is neither.
-    """
-    from .compat.registry import bn_loader
-    loader = bn_loader(layer)
-    if loader is not None:
-        return dict(loader(layer, entries))
-    if _accepts_bn_state(layer):
-        return {k: v for k, v in entries.items() if k in BN_ENTRIES}
-    raise ValueError(
-        f'{type(layer).__name__} cannot take the entries of a BatchNorm '
-        'checkpoint: it is not BN-shaped (register_norm_layer(..., '
-        'bn_shaped=True)) and registers no BN loader '
+def _not_bn_shaped(layer: nn.Module, where: str) -> ValueError:
+    return ValueError(
+        f'{where}: {type(layer).__name__} cannot take the entries of a '
+        'BatchNorm checkpoint: it is not BN-shaped (register_norm_layer('
+        '..., bn_shaped=True)) and registers no BN loader '
         '(mmnorm.compat.register_bn_loader). Load a checkpoint of this '
         'layer type instead.')
 
 
-def ibn_from_bn(layer: nn.Module, entries: Mapping[str, Tensor]
-                ) -> dict[str, Tensor]:
-    """BN loader of :class:`mmnorm.IBN`: BN's per-channel entries, split
-    at IBN's boundary: the ``IN`` part's channels get their affine
-    ``weight``/``bias`` (IN keeps no statistics), the ``BN`` part all
-    five entries of its channels. Entries of another length are passed on
-    under the ``BN.`` key, so the caller reports their shape."""
+def fill_from_bn(layer: nn.Module, state: Mapping[str, Tensor],
+                 prefix: str = '') -> list[str]:
+    """Fill ``layer`` in place from one BN layer's entries
+    ``state[prefix + 'weight']``, ``bias``, ``running_mean``,
+    ``running_var``, ``num_batches_tracked`` (those present).
+
+    A layer with a registered BN loader (IBN: the first/last channels to
+    ``IN``, the others to ``BN``; Switchable Whitening: a diagonal
+    covariance) goes through it; a BN-shaped layer (SN, SSN, KN, BN) takes
+    the entries as they are.
+
+    Returns:
+        The keys of ``state`` used.
+
+    Raises:
+        ValueError: ``layer`` is neither, or a BN-shaped entry has another
+            shape than the layer's.
+    """
+    from .compat.registry import bn_loader
+    loader = bn_loader(layer)
+    if loader is not None:
+        return list(loader(layer, state, prefix))
+    if not _accepts_bn_state(layer):
+        raise _not_bn_shaped(layer, 'fill_from_bn')
+    targets = layer.state_dict(keep_vars=True)
+    used = []
+    for name in BN_ENTRIES:
+        key = prefix + name
+        if key not in state or name not in targets:
+            continue
+        if tuple(state[key].shape) != tuple(targets[name].shape):
+            raise ValueError(
+                f'{type(layer).__name__}: {key} has shape '
+                f'{tuple(state[key].shape)}, the layer\'s {name} '
+                f'{tuple(targets[name].shape)}')
+        with torch.no_grad():
+            targets[name].copy_(state[key])
+        used.append(key)
+    return used
+
+
+def ibn_from_bn(layer: nn.Module, state: Mapping[str, Tensor],
+                prefix: str = '') -> list[str]:
+    """BN loader of :class:`mmnorm.IBN` (see :func:`fill_from_bn`): BN's
+    per-channel entries split at IBN's boundary. The ``IN`` part's
+    channels get their ``weight``/``bias`` (IN keeps no statistics), the
+    ``BN`` part all five entries of its channels. Entries of another
+    length are not used."""
     channels, k = layer.num_features, layer.in_channels
     in_part = slice(0, k) if layer.in_first else slice(channels - k, None)
     bn_part = slice(k, None) if layer.in_first else slice(0, channels - k)
-    out = {}
-    for name, value in entries.items():
-        if value.dim() != 1 or value.shape[0] != channels:
-            out[f'BN.{name}'] = value
-            continue
-        if name in ('weight', 'bias'):
-            out[f'IN.{name}'] = value[in_part].clone()
-        out[f'BN.{name}'] = value[bn_part].clone()
-    return out
-
-
-def _checkpoint_entries(layer: nn.Module, state: Mapping[str, Tensor],
-                        module_name: str) -> tuple[dict, dict]:
-    """``layer``'s entries from ``state`` (its own keys where the
-    checkpoint has them, else derived from BN's) and, per entry, the
-    checkpoint keys it came from."""
-    prefix = f'{module_name}.' if module_name else ''
-    own_names = list(layer.state_dict(keep_vars=True))
-    entries, sources = {}, {}
-    for name in own_names:
-        if prefix + name in state:
-            entries[name] = state[prefix + name]
-            sources[name] = [prefix + name]
-    bn = {e: state[prefix + e] for e in BN_ENTRIES
-          if prefix + e in state and e not in entries}
-    if bn and not any(n.startswith(('IN.', 'BN.')) for n in entries):
-        for name, value in bn_state_for(layer, bn).items():
-            if name not in entries:
-                entries[name] = value
-                sources[name] = [prefix + e for e in bn]
-    return entries, sources
-
-
-def _expected_from_bn(layer: nn.Module) -> set[str]:
-    """The entries a complete BN checkpoint would give ``layer``."""
-    channels = getattr(layer, 'num_features', None)
-    if not isinstance(channels, int):
-        return set()
-    full = {e: torch.zeros(channels) for e in BN_ENTRIES
-            if e not in OPTIONAL_BN_ENTRIES}
-    try:
-        return set(bn_state_for(layer, full))
-    except ValueError:
-        return set()
+    used = []
+    with torch.no_grad():
+        for name in BN_ENTRIES:
+            value = state.get(prefix + name)
+            if value is None:
+                continue
+            if name == 'num_batches_tracked':
+                layer.BN.num_batches_tracked.copy_(value)
+            elif value.dim() != 1 or value.shape[0] != channels:
+                continue
+            else:
+                if name in ('weight', 'bias'):
+                    getattr(layer.IN, name).copy_(value[in_part])
+                getattr(layer.BN, name).copy_(value[bn_part])
+            used.append(prefix + name)
+    return used
 
 
 def _uniform_lambdas(layer: nn.Module, names: list[str]) -> bool:
@@ -303,6 +298,21 @@ def _uniform_lambdas(layer: nn.Module, names: list[str]) -> bool:
                if n in ('mean_weight', 'var_weight')]
     return bool(lambdas) and all(
         bool((lam == lam.flatten()[0]).all()) for lam in lambdas)
+
+
+def _own_entries_in(layer: nn.Module, state: Mapping[str, Tensor],
+                    prefix: str) -> bool:
+    """Whether ``state`` holds any entry under ``layer``'s own names that
+    a BN layer would not have (an SN / IBN / SW checkpoint)."""
+    return any(prefix + k in state for k in layer.state_dict()
+               if k not in BN_ENTRIES)
+
+
+def _uses_loader(layer: nn.Module, state: Mapping[str, Tensor],
+                 prefix: str) -> bool:
+    from .compat.registry import bn_loader
+    return bn_loader(layer) is not None and not _own_entries_in(
+        layer, state, prefix)
 
 
 def load_bn_entries(layer: nn.Module, state: Mapping[str, Tensor],
@@ -313,11 +323,14 @@ def load_bn_entries(layer: nn.Module, state: Mapping[str, Tensor],
     contract of mmaction2's ``ResNet._load_bn_params`` and
     ``ResNet3d._inflate_bn_params``, for any registered layer.
 
-    * The layer's own entries are copied where the checkpoint has them
-      (an SN / IBN checkpoint: mixing weights, ``bn1.IN.weight``, ...);
-    * otherwise from the BN entries through :func:`bn_state_for` (a BN
-      checkpoint: SN takes BN's affine parameters and statistics, its
-      mixing weights keep their initialisation);
+    * The layer's own entries are copied where the checkpoint has them (an
+      SN checkpoint: mixing weights; an IBN checkpoint: ``bn1.IN.weight``);
+      for a BN-shaped layer BN's entries are its own (SN takes a BN
+      checkpoint's affine parameters and statistics, its mixing weights
+      keep their initialisation);
+    * a layer with a BN loader and only BN entries in the checkpoint is
+      filled by :func:`fill_from_bn`; one that is not BN-shaped and has
+      no loader is refused with a ``ValueError``;
     * every layer gets one log line naming what was copied and what kept
       its initialisation; a missing or wrongly shaped BN entry is a
       warning. Nothing is skipped without a log line.
@@ -333,21 +346,37 @@ def load_bn_entries(layer: nn.Module, state: Mapping[str, Tensor],
     if logger is None:
         from mmengine.logging import MMLogger
         logger = MMLogger.get_current_instance()
-    entries, sources = _checkpoint_entries(layer, state, module_name)
+    prefix = f'{module_name}.' if module_name else ''
+    kind = type(layer).__name__
+    where = '2D checkpoint' if action == 'inflate' else 'checkpoint'
+    if _uses_loader(layer, state, prefix):
+        taken = fill_from_bn(layer, state, prefix)
+        used.extend(k for k in taken if k not in used)
+        missing = [e for e in BN_ENTRIES if e not in OPTIONAL_BN_ENTRIES
+                   and prefix + e not in taken]
+        line = (f'{action} {module_name} into {kind} from BN entries: '
+                f"used {', '.join(k[len(prefix):] for k in taken) or 'none'}")
+        if missing:
+            line += (f'; not in the {where} or not usable, left unchanged: '
+                     f"{', '.join(missing)}")
+        logger.log(logging.WARNING if missing else logging.INFO, line)
+        return
+    if not _accepts_bn_state(layer) and not _own_entries_in(
+            layer, state, prefix):
+        raise _not_bn_shaped(layer, f'{action} {module_name}')
     targets = layer.state_dict(keep_vars=True)
-    expected = _expected_from_bn(layer)
-    # BN's entries first (in BN's order), then what BN entries give this
-    # layer (IBN's parts), then the layer's own, each in state-dict order
+    expected = [e for e in BN_ENTRIES if e in targets] \
+        if _accepts_bn_state(layer) else []
+    # BN's entries first (in BN's order), then the layer's own
     order = sorted(targets, key=lambda n: (
-        (0, BN_ENTRIES.index(n)) if n in BN_ENTRIES
-        else (1, 0) if n in expected else (2, 0)))
+        (0, BN_ENTRIES.index(n)) if n in BN_ENTRIES else (1, 0)))
     copied, absent, mismatched, bad = [], [], [], False
     for name in order:
-        tensor, source = targets[name], entries.get(name)
+        tensor, source = targets[name], state.get(prefix + name)
         if source is None:
             absent.append(name)
-            bad = bad or (name in expected and not name.endswith(
-                OPTIONAL_BN_ENTRIES))
+            bad = bad or (name in expected
+                          and name not in OPTIONAL_BN_ENTRIES)
             continue
         if tuple(source.shape) != tuple(tensor.shape):
             mismatched.append(f'{name} {tuple(source.shape)} in the '
@@ -357,13 +386,11 @@ def load_bn_entries(layer: nn.Module, state: Mapping[str, Tensor],
         with torch.no_grad():
             tensor.copy_(source)
         copied.append(name)
-        for key in sources[name]:
-            if key not in used:
-                used.append(key)
-    parts = [f'{action} {module_name} into {type(layer).__name__}: copied '
+        if prefix + name not in used:
+            used.append(prefix + name)
+    parts = [f'{action} {module_name} into {kind}: copied '
              f"{', '.join(copied) or 'nothing'}"]
     if absent:
-        where = '2D checkpoint' if action == 'inflate' else 'checkpoint'
         parts.append(f'not in the {where}, left unchanged: '
                      f"{', '.join(absent)}")
     if mismatched:
@@ -380,20 +407,19 @@ def load_bn_entries(layer: nn.Module, state: Mapping[str, Tensor],
 
 def adapt_bn_state_dict(model: nn.Module, state: Mapping[str, Tensor]
                         ) -> Mapping[str, Tensor]:
-    """``state`` with the BN entries of every layer of ``model`` that has
-    a BN loader and none of its own keys in ``state`` replaced by that
-    layer's entries (:func:`bn_state_for`); ``state`` itself if there are
-    none. For loaders that match keys (``load_state_dict``)."""
+    """For loaders that match keys (mmengine's ``load_state_dict``): every
+    layer of ``model`` with a BN loader whose entries in ``state`` are a BN
+    layer's is filled from them now (:func:`fill_from_bn`), and in the
+    returned copy of ``state`` the BN entries it used are replaced by the
+    layer's own entries, so the rest of the loading matches keys as
+    usual. Returns ``state`` itself if there is no such layer."""
     from .compat.registry import bn_loader
     out = None
     for name, layer in model.named_modules():
-        if bn_loader(layer) is None:
-            continue
         prefix = f'{name}.' if name else ''
-        if any(prefix + k in state for k in layer.state_dict()):
-            continue
-        bn = {e: state[prefix + e] for e in BN_ENTRIES if prefix + e in state}
-        if not bn:
+        if bn_loader(layer) is None or not any(
+                prefix + e in state for e in BN_ENTRIES) \
+                or not _uses_loader(layer, state, prefix):
             continue
         if out is None:
             out = type(state)(state) if isinstance(state, dict) \
@@ -401,9 +427,10 @@ def adapt_bn_state_dict(model: nn.Module, state: Mapping[str, Tensor]
             metadata = getattr(state, '_metadata', None)
             if metadata is not None:
                 out._metadata = metadata
-        for e in bn:
-            out.pop(prefix + e)
-        out.update({prefix + k: v for k, v in bn_state_for(layer, bn).items()})
+        for key in fill_from_bn(layer, state, prefix):
+            out.pop(key, None)
+        for key, value in layer.state_dict().items():
+            out[prefix + key] = value
     return state if out is None else out
 
 
@@ -467,7 +494,7 @@ def convert_norms(model: nn.Module, cfg: Optional[Mapping] = None, *,
     ``cfg`` through mmengine's ``MODELS`` registry with the old layer's
     channel count, ``eps``, ``momentum`` and ``affine`` (unless ``cfg``
     sets them), takes the old layer's ``weight``, ``bias`` and running
-    statistics (:func:`bn_state_for`, so IBN splits them), its device,
+    statistics (:func:`fill_from_bn`, so IBN splits them), its device,
     dtype, mode and ``requires_grad``, and remembers the class it replaced
     (``converted_from``) for :func:`revert_norms`.
 
@@ -501,15 +528,7 @@ def convert_norms(model: nn.Module, cfg: Optional[Mapping] = None, *,
         keep = ('weight', 'bias') if isinstance(module, nn.GroupNorm) \
             else BN_ENTRIES
         entries = {k: v for k, v in module.state_dict().items() if k in keep}
-        target = new.state_dict(keep_vars=True)
-        for name, value in bn_state_for(new, entries).items():
-            if name not in target or target[name].shape != value.shape:
-                raise ValueError(
-                    f'convert_norms: {type(new).__name__} has no entry '
-                    f'{name!r} of shape {tuple(value.shape)} for the '
-                    f'{type(module).__name__} it replaces')
-            with torch.no_grad():
-                target[name].copy_(value)
+        fill_from_bn(new, entries)
         if logits is not None and hasattr(new, 'mean_weight'):
             with torch.no_grad():
                 new.mean_weight.copy_(logits)

@@ -19,7 +19,7 @@ from torch import nn
 import mmnorm
 from mmnorm.compat import is_norm_layer, registry
 from mmnorm.compat.toolkit_fixes import norm_units
-from mmnorm.converters import bn_state_for
+from mmnorm.converters import BN_ENTRIES
 
 pytest.importorskip('mmcv.ops')
 
@@ -52,11 +52,10 @@ def _build(toolkit, cfg):
 
 
 def _takes_bn_state(layer):
-    try:
-        bn_state_for(layer, {'weight': torch.ones(layer.num_features)})
-        return True
-    except ValueError:
-        return False
+    """BN-shaped, or with a BN loader (see mmnorm.compat.registry)."""
+    info = registry.lookup(layer)
+    return info is None or info.bn_shaped or \
+        registry.bn_loader(layer) is not None
 
 
 def _per_channel(layer, entry):
@@ -68,7 +67,9 @@ def _per_channel(layer, entry):
             return bn
         parts = [getattr(layer.IN, entry), bn]
         return torch.cat(parts if layer.in_first else parts[::-1])
-    return getattr(layer, entry)
+    if entry == 'running_var' and hasattr(layer, 'running_cov'):
+        return layer.running_cov.diagonal(dim1=-2, dim2=-1).flatten()
+    return getattr(layer, entry).flatten()
 
 
 def _bn_part(layer, entry, value):
@@ -201,17 +202,19 @@ def _tv_checkpoint():
     return state
 
 
-def _check_loaded(model, state, names):
+def _check_loaded(model, state, names, fresh):
+    """BN's values where the layer has them; everything else (mixing
+    weights, SSN's buffers) as in the never-loaded model ``fresh``."""
     for name, tv_name in names.items():
         unit = model.get_submodule(name)
         for entry in ('weight', 'bias', 'running_mean', 'running_var'):
             expected = _bn_part(unit, entry, state[f'{tv_name}.{entry}'])
             assert torch.equal(_per_channel(unit, entry).detach(),
                                expected), (name, entry)
-        if hasattr(unit, 'mean_weight'):  # mixing weights at the default
-            fresh = type(unit)(unit.num_features)
-            assert torch.equal(unit.mean_weight, fresh.mean_weight)
-            assert torch.equal(unit.var_weight, fresh.var_weight)
+        default = fresh.get_submodule(name).state_dict()
+        for key, value in unit.state_dict().items():
+            if key.split('.')[-1] not in BN_ENTRIES + ('running_cov',):
+                assert torch.equal(value, default[key]), (name, key)
 
 
 @pytest.fixture(scope='module')
@@ -246,7 +249,9 @@ def test_mmaction_torchvision_loader(layer, tv_state, monkeypatch):
     assert calls == ['torchvision://resnet18']
     names = _tv_names(model)
     assert len(names) == 20
-    _check_loaded(model, tv_state, names)
+    fresh = _build('mmaction', dict(type='ResNet', depth=18, pretrained=None,
+                                    norm_cfg=_norm_cfg(layer)))
+    _check_loaded(model, tv_state, names, fresh)
 
 
 @pytest.mark.parametrize('layer', LAYERS)
@@ -261,7 +266,10 @@ def test_mmaction_2d_to_3d_inflation(layer, tv_state, monkeypatch):
             model.init_weights()
         return
     model.init_weights()
-    _check_loaded(model, tv_state, _tv_names(model))
+    fresh = _build('mmaction', dict(type='ResNet3d', depth=18,
+                                    pretrained=None,
+                                    norm_cfg=_norm_cfg(layer, dims=3)))
+    _check_loaded(model, tv_state, _tv_names(model), fresh)
 
 
 @pytest.mark.parametrize('layer', LAYERS)
@@ -282,8 +290,8 @@ def test_init_cfg_pretrained_with_a_bn_checkpoint(layer, tmp_path):
     units = [n for n, m in model.named_modules() if m in norm_units(model)]
     if not _takes_bn_state(model.get_submodule(units[0])):
         return  # not BN-shaped: mmengine reports the unmatched keys
-    state = bn_model.state_dict()
-    _check_loaded(model, state, {n: n for n in units})
+    fresh = _build('mmdet', dict(cfg, norm_cfg=_norm_cfg(layer)))
+    _check_loaded(model, bn_model.state_dict(), {n: n for n in units}, fresh)
 
 
 # ------------------------------------------------------ sync_bn conversion
@@ -352,7 +360,8 @@ def test_flop_counter_counts_norms_like_bn(layer):
     from mmcv.cnn import ConvModule, get_model_complexity_info
 
     def flops(norm_cfg):
-        model = nn.Sequential(ConvModule(3, 16, 3, norm_cfg=norm_cfg))
+        model = nn.Sequential(ConvModule(3, 16, 3, norm_cfg=norm_cfg,
+                                         act_cfg=None))
         count, _ = get_model_complexity_info(
             model, (3, 8, 8), print_per_layer_stat=False,
             as_strings=False)

@@ -28,11 +28,11 @@ from typing import Callable, Mapping, Optional
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-#: ``loader(layer, bn_entries) -> layer_entries``: the entries of one BN
-#: layer's checkpoint (``{'weight': ..., 'bias': ..., 'running_mean': ...,
-#: 'running_var': ..., 'num_batches_tracked': ...}``, those present) as
-#: entries of ``layer``'s own state dict (local keys, e.g. ``'IN.weight'``).
-BNLoader = Callable[[nn.Module, Mapping[str, Tensor]], dict]
+#: ``loader(layer, state, prefix) -> used keys``: fill ``layer`` in place
+#: from the BN entries ``state[prefix + 'weight']``, ``bias``,
+#: ``running_mean``, ``running_var``, ``num_batches_tracked`` (those
+#: present) of a BN checkpoint; return the keys of ``state`` it used.
+BNLoader = Callable[[nn.Module, Mapping[str, Tensor], str], list]
 
 
 @dataclass(frozen=True)

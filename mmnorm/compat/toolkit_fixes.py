@@ -111,8 +111,9 @@ inflate_bn_params = _load_one('inflate')
 def load_state_dict(original: Callable) -> Callable:
     """mmengine ``load_state_dict(module, state_dict, ...)`` (used by
     ``load_checkpoint`` and ``init_cfg=Pretrained``): BN entries meant for
-    a registered layer whose keys differ from BN's (IBN) are first turned
-    into that layer's keys (:func:`mmnorm.converters.bn_state_for`)."""
+    a registered layer whose keys differ from BN's (IBN, SW) are first
+    loaded through its BN loader and replaced by that layer's keys
+    (:func:`mmnorm.converters.adapt_bn_state_dict`)."""
 
     @functools.wraps(original)
     def load(module, state_dict, *args, **kwargs):
