@@ -8,7 +8,7 @@ internet. Stages, in order of what matters most if time runs short:
 2. ``build``: build/load mmnorm's compiled library (needed by the
    ``triton`` dispatch path) and report the backend for a CUDA tensor;
 3. ``cuda_tests``: ``tests/test_cuda.py`` and the CUDA tests of
-   ``tests/test_ops_triton.py``;
+   ``tests/test_ops_triton.py`` and ``tests/test_host_syncs.py``;
 4. ``bench_layers``: ``benchmark_norms.py --device cuda`` in fp32, fp16
    and bf16;
 5. ``bench_network``: the ResNet-50 training step (SN vs GN vs BN);
@@ -45,6 +45,9 @@ STAGES = dict(env=15, build=90, cuda_tests=150, bench_layers=100,
               bench_network=50, bench_whitening=25, cpu_tests=30)
 WHITENING = os.path.join(ROOT, 'tools', 'analysis_tools',
                          'benchmark_whitening.py')
+#: files whose tests with 'cuda' in their id need a GPU
+CUDA_TESTS = ['tests/test_cuda.py', 'tests/test_ops_triton.py',
+              'tests/test_host_syncs.py']
 #: pure-PyTorch test files worth running there (CPU tensors, torch 2.11)
 CPU_TESTS = ['tests/test_layers_sn.py', 'tests/test_layers_ssn.py',
              'tests/test_ops_sparsestmax.py', 'tests/test_ops_kernel.py',
@@ -211,7 +214,8 @@ def main(argv=None) -> int:
         'build': [*py, '-c', BUILD_SNIPPET],
         'cuda_tests': [*pytest, '--junitxml',
                        os.path.join(scratch, 'cuda_tests.xml'),
-                       'tests/test_cuda.py', 'tests/test_ops_triton.py',
+                       *[t for t in CUDA_TESTS
+                         if os.path.exists(os.path.join(ROOT, t))],
                        '-k', 'cuda'],
         'bench_layers': [*py, BENCH, '--device', device, '--dtype', *dtypes,
                          *layers, '--no-whitening', '--out',
@@ -225,15 +229,13 @@ def main(argv=None) -> int:
                             os.path.join(args.outdir,
                                          'bench_whitening.json')],
         'cpu_tests': [*pytest, '--continue-on-collection-errors',
+                      '-k', 'not cuda',
                       '--junitxml', os.path.join(scratch, 'cpu_tests.xml'),
                       *[t for t in cpu_tests if not t.endswith('.py')
                         or os.path.exists(os.path.join(ROOT, t))]],
     }
     if not os.path.exists(WHITENING):
         del stages['bench_whitening']
-    if 'cuda_tests' in stages and not os.path.exists(
-            os.path.join(ROOT, 'tests', 'test_ops_triton.py')):
-        stages['cuda_tests'].remove('tests/test_ops_triton.py')
     report: dict = dict(mode='cpu-smoke' if args.cpu_smoke else 'gpu',
                         started=time.strftime('%Y-%m-%dT%H:%M:%SZ',
                                               time.gmtime()),
