@@ -181,10 +181,12 @@ def _tv_names(model):
     return out
 
 
-def _tv_checkpoint():
+def _tv_checkpoint(cfg):
+    """A torchvision-named 2D state dict (``conv1``, ``bn1``,
+    ``layerX.Y.bnZ``, ``downsample.0/1``) with random values, shaped for
+    the mmaction2 ResNet / ResNet3d built from ``cfg`` with BN."""
     torch.manual_seed(1)
-    bn_model = _build('mmaction', dict(type='ResNet', depth=18,
-                                       pretrained=None))
+    bn_model = _build('mmaction', dict(cfg, pretrained=None))
     state = {}
     for key, value in bn_model.state_dict().items():
         parts = key.split('.')
@@ -196,6 +198,8 @@ def _tv_checkpoint():
             if kind == 'bn':
                 parts[-2] = parts[-2].replace('conv', 'bn')
         value = value.clone()
+        if value.dim() == 5:  # a 3D conv: its 2D kernel
+            value = value[:, :, 0].contiguous()
         if value.is_floating_point():
             value.uniform_(0.5, 1.5)
         state['.'.join(parts)] = value
@@ -217,9 +221,18 @@ def _check_loaded(model, state, names, fresh):
                 assert torch.equal(value, default[key]), (name, key)
 
 
+_R2D = dict(type='ResNet', depth=18)
+_R3D = dict(type='ResNet3d', depth=18, base_channels=8)
+
+
 @pytest.fixture(scope='module')
 def tv_state():
-    return _tv_checkpoint()
+    return _tv_checkpoint(_R2D)
+
+
+@pytest.fixture(scope='module')
+def state_2d_for_3d():
+    return _tv_checkpoint(dict(_R3D, norm_cfg=dict(type='BN3d')))
 
 
 def _stub_checkpoint(monkeypatch, module_name, state):
@@ -255,19 +268,19 @@ def test_mmaction_torchvision_loader(layer, tv_state, monkeypatch):
 
 
 @pytest.mark.parametrize('layer', LAYERS)
-def test_mmaction_2d_to_3d_inflation(layer, tv_state, monkeypatch):
+def test_mmaction_2d_to_3d_inflation(layer, state_2d_for_3d, monkeypatch):
+    tv_state = state_2d_for_3d
     _stub_checkpoint(monkeypatch, 'mmaction.models.backbones.resnet3d',
                      tv_state)
     model = _build('mmaction', dict(
-        type='ResNet3d', depth=18, pretrained='resnet18_2d.pth',
-        pretrained2d=True, norm_cfg=_norm_cfg(layer, dims=3)))
+        _R3D, pretrained='resnet18_2d.pth', pretrained2d=True,
+        norm_cfg=_norm_cfg(layer, dims=3)))
     if not _takes_bn_state(model.conv1.bn):
         with pytest.raises(ValueError, match='BatchNorm checkpoint'):
             model.init_weights()
         return
     model.init_weights()
-    fresh = _build('mmaction', dict(type='ResNet3d', depth=18,
-                                    pretrained=None,
+    fresh = _build('mmaction', dict(_R3D, pretrained=None,
                                     norm_cfg=_norm_cfg(layer, dims=3)))
     _check_loaded(model, tv_state, _tv_names(model), fresh)
 
@@ -429,6 +442,63 @@ def test_import_mmnorm_imports_no_toolkit_and_patches_them_when_loaded():
     assert 'mmdet.models.backbones.efficientnet:EfficientNet.train' in \
         done['norm-eval']
     assert done['partial-bn'] and done['torchvision-bn-loader']
+
+
+def _issue_case(case, tv_state, monkeypatch):
+    """The four failures of issue 13, as a user meets them with SN."""
+    sn = dict(type='SN')
+
+    def training(model):
+        def modes():
+            model.train()  # the toolkits' train() returns None
+            return [u.training for u in norm_units(model)]
+        return modes
+
+    if case == 'shared-head':
+        return training(_build('mmdet', dict(
+            type='ResLayer', depth=18, stage=3, norm_eval=True,
+            norm_cfg=sn)))
+    if case == 'efficientnet':
+        return training(_build('mmdet', dict(
+            type='EfficientNet', arch='b0', norm_eval=True, norm_cfg=sn)))
+    if case == 'partial-bn':
+        model = _build('mmaction', dict(_R2D, pretrained=None,
+                                        partial_bn=True, norm_cfg=sn))
+
+        def frozen():
+            model.train()
+            return [u.training for u in norm_units(model)[1:]]
+        return frozen
+    _stub_checkpoint(monkeypatch, 'mmaction.models.backbones.resnet',
+                     tv_state)
+    model = _build('mmaction', dict(
+        _R2D, pretrained='torchvision://resnet18', torchvision_pretrain=True,
+        norm_cfg=sn))
+    return lambda: model.init_weights()
+
+
+@pytest.mark.parametrize('case,patch', [
+    ('shared-head', 'norm-eval'), ('efficientnet', 'norm-eval'),
+    ('partial-bn', 'partial-bn'), ('torchvision', 'torchvision-bn-loader')])
+def test_upstream_still_fails_without_the_patch(case, patch, tv_state,
+                                                monkeypatch):
+    """Where the pinned toolkits break SN (drop the patch once its case
+    passes without it): with the patch SN behaves as BN, without it the
+    layers stay in training mode or loading raises the KeyError."""
+    from mmnorm.compat import patches
+    call = _issue_case(case, tv_state, monkeypatch)
+    patches.uninstall((patch,))
+    try:
+        if case == 'torchvision':
+            with pytest.raises(KeyError, match='bn1.mean_weight'):
+                call()
+        else:
+            assert all(call())  # every SN layer still in training mode
+    finally:
+        patches.install()
+    result = call()
+    if case != 'torchvision':
+        assert result and not any(result)
 
 
 def test_uninstall_restores_upstream_and_install_is_idempotent():
