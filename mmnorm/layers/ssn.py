@@ -101,14 +101,15 @@ class SparseSwitchableNorm(SwitchableNorm):
         (``Event.query`` does not block). Once frozen, a layer stays frozen
         (only ``load_state_dict`` can change the choices, and it resets
         this), so the answer may come a step late but is never wrong.
-        Under ``torch.compile`` (and CUDA graph capture) this is skipped:
-        the traced graph keeps the branch-free selection.
+        Under ``torch.compile``, export tracing and CUDA graph capture
+        this is skipped: the traced graph keeps the branch-free
+        selection.
         """
         if self._host_frozen:
             return True
         device = self.mean_choice.device
-        if torch.compiler.is_compiling() or device.type not in ('cpu',
-                                                                'cuda'):
+        if (torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or device.type not in ('cpu', 'cuda')):
             return False
         if device.type == 'cuda' and torch.cuda.is_current_stream_capturing():
             return False
@@ -200,6 +201,10 @@ class SparseSwitchableNorm(SwitchableNorm):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
+        if keep_vars:
+            # the live parameters were asked for (exporters trace with
+            # them: the forward still reads the lambdas)
+            return
         # Fixed layers store the one-hot itself, like the authors' code.
         for name, choice in (('mean_weight', self.mean_choice),
                              ('var_weight', self.var_choice)):

@@ -118,8 +118,9 @@ def sparsestmax(z: Tensor, radius: Union[float, Tensor],
             r = remaining_sq.clamp(min=0).sqrt()
             # From the centre itself the direction is undefined: break the
             # tie toward the first vertex of the face (not 0/0).
-            first = support & (support.cumsum(-1) == 1)
-            tie_offset = first.to(z.dtype) - centre
+            indicator = support.to(z.dtype)
+            first = indicator * (indicator.cumsum(-1) == 1)
+            tie_offset = first - centre
             tie_dist = torch.linalg.vector_norm(tie_offset, dim=-1,
                                                 keepdim=True)
         offset = w - centre
