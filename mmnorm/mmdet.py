@@ -2,7 +2,8 @@
 
 Put it in a config's ``custom_imports`` (``imports=['mmnorm.mmdet']``): it
 registers mmnorm's layers and, in mmdet's own registry, mmnorm's mmdet
-backbones (``ResNetIBN``, ``ResNeXtIBN``, ``ResNetIBNb``, ``ResNetKN``),
+backbones (``ResNetIBN``, ``ResNeXtIBN``, ``ResNetIBNb``, ``ResNetKN``,
+``ResNetSW``),
 so users without mmseg or mmaction2 are never affected by those toolkits.
 """
 import mmdet.models  # noqa: F401
@@ -12,6 +13,7 @@ from mmdet.registry import MODELS
 import mmnorm  # noqa: F401  (registers the norm layers)
 from mmnorm.models.ibn_resnet import ibn_a_variant, ibn_b_variant
 from mmnorm.models.kn_resnet import kn_variant
+from mmnorm.models.sw_resnet import sw_variant
 
 ResNetIBN = MODELS.register_module(
     module=ibn_a_variant(ResNet, 'ResNetIBN'))
@@ -20,3 +22,4 @@ ResNeXtIBN = MODELS.register_module(
 ResNetIBNb = MODELS.register_module(
     module=ibn_b_variant(ResNet, 'ResNetIBNb'))
 ResNetKN = MODELS.register_module(module=kn_variant(ResNet, 'ResNetKN'))
+ResNetSW = MODELS.register_module(module=sw_variant(ResNet, 'ResNetSW'))

@@ -360,11 +360,15 @@ COCO_ROOT = CONFIG_ROOT / 'coco'
 COCO_CONFIGS = [p for p in CONFIGS if p.parent == COCO_ROOT]
 COCO_NAME = re.compile(
     r'^(?P<algo>faster-rcnn|mask-rcnn)_r50-(?P<backbone>frozenbn|gn|sn|ssn'
-    r'|syncsn|kn|ibn-a|ibn-b)_fpn(?:-(?P<head>gn|sn|ssn|syncsn|kn))?'
+    r'|syncsn|kn|ibn-a|ibn-b|sw|syncsw|bn|syncbn)_fpn'
+    r'(?:-(?P<head>gn|sn|ssn|syncsn|kn))?'
     r'_(?P<schedule>1x|2x)_coco\.py$')
 #: name token -> norm layer type
 COCO_NORMS = {'gn': 'GN', 'sn': 'SN', 'ssn': 'SSN', 'syncsn': 'SyncSN',
-              'kn': 'KN'}
+              'kn': 'KN', 'sw': 'SW', 'syncsw': 'SyncSW', 'bn': 'BN',
+              'syncbn': 'SyncBN'}
+SW_FAMILY = ('SW', 'SyncSW')
+SW_MOMENTUM = 0.01  # the SW authors' layer default, keep factor 0.99
 SN_FAMILY = ('SN', 'SSN', 'SyncSN', 'SyncSSN')
 SN_MOMENTUM = 0.003  # the authors' keep factor 0.997
 
@@ -375,6 +379,9 @@ def _check_norm_cfg(norm_cfg, token: str, where: str) -> None:
         f'{where}: norm_cfg {norm_cfg}, expected {expected}')
     if expected == 'GN':
         assert norm_cfg['num_groups'] == 32, where
+    if expected in SW_FAMILY:
+        assert norm_cfg.get('momentum') == SW_MOMENTUM, where
+        assert norm_cfg.get('num_pergroup') == 16, where
     if expected in SN_FAMILY:
         assert norm_cfg.get('momentum') == SN_MOMENTUM, (
             f'{where}: SN momentum must be {SN_MOMENTUM} (PyTorch '
@@ -385,7 +392,8 @@ def _check_coco_backbone(cfg, token: str, where: str) -> None:
     backbone = cfg.model.backbone
     where = f'{where} backbone'
     expected_types = {'ibn-a': ('ResNetIBN',), 'ibn-b': ('ResNetIBNb',),
-                      'kn': ('ResNetKN', 'ResNet')}.get(token, ('ResNet',))
+                      'kn': ('ResNetKN', 'ResNet'), 'sw': ('ResNetSW',),
+                      'syncsw': ('ResNetSW',)}.get(token, ('ResNet',))
     assert backbone.type in expected_types, where
     assert backbone.depth == 50, where
     if token == 'frozenbn':  # BN-dagger: BN statistics and affine frozen
@@ -397,6 +405,15 @@ def _check_coco_backbone(cfg, token: str, where: str) -> None:
     elif token == 'kn':  # KN chained through the backbone, trained
         _check_norm_cfg(backbone.norm_cfg, token, where)
         assert backbone.type == 'ResNetKN', f'{where}: KN needs ResNetKN'
+        assert backbone.frozen_stages == -1, where
+        assert backbone.norm_eval is False, where
+        assert backbone.init_cfg is None, f'{where}: must default offline'
+    elif token in ('sw', 'syncsw', 'bn', 'syncbn'):  # the SW setting
+        if token in ('sw', 'syncsw'):
+            _check_norm_cfg(backbone.sw_cfg, token, where)
+        other = 'syncbn' if token.startswith('sync') else 'bn'
+        _check_norm_cfg(backbone.norm_cfg, other, where)
+        assert backbone.norm_cfg.requires_grad, where
         assert backbone.frozen_stages == -1, where
         assert backbone.norm_eval is False, where
         assert backbone.init_cfg is None, f'{where}: must default offline'
@@ -439,7 +456,7 @@ def _check_coco_optimizer(cfg, tokens: set, where: str) -> None:
     if 'KN' in norms:  # necks and heads are chained by the hook
         hooks = [h['type'] for h in cfg.get('custom_hooks') or []]
         assert 'KalmanChainHook' in hooks, where
-    if not norms & set(SN_FAMILY):
+    if not norms & set(SN_FAMILY + SW_FAMILY):
         return
     keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
     for name in ('.mean_weight', '.var_weight'):
@@ -461,7 +478,9 @@ def test_coco_configs_exist():
                                ('gn', 'sn'), ('sn', 'sn'), ('ssn', 'ssn'),
                                ('syncsn', 'syncsn'), ('ibn-a', 'gn'),
                                ('ibn-a', 'sn'), ('ibn-b', 'gn'),
-                               ('ibn-b', 'sn'), ('kn', 'kn')):
+                               ('ibn-b', 'sn'), ('kn', 'kn'),
+                               ('sw', None), ('syncsw', None), ('bn', None),
+                               ('syncbn', None), ('sn', None)):
             neck = 'fpn' if head is None else f'fpn-{head}'
             name = f'{algo}_r50-{backbone}_{neck}_{schedule}_coco.py'
             assert name in names, f'missing configs/coco/{name}'

@@ -1,0 +1,8 @@
+# Mask R-CNN R50-FPN 2x, BN / - (backbone / head): the baseline of the SW
+# rows: ResNet-50 with BN (per GPU) trained, nothing frozen; mmdet's plain
+# FPN and 2fc box head. Paper: not published.
+_base_ = ['./_base_/mask-rcnn_r50_fpn_2x.py',
+          './_base_/sw.py']
+model = dict(
+    backbone=dict(norm_cfg=_base_.trained_bn, **_base_.trained_backbone),
+    **_base_.plain_head)
