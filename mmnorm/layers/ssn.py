@@ -15,7 +15,8 @@ momentum, weight decay) can move them; the lambda still takes part in the
 graph with an exactly-zero gradient, so DDP with
 ``find_unused_parameters=False`` sees no unused parameter. State dicts
 store the one-hot in ``mean_weight``/``var_weight`` for fixed layers, like
-the authors' checkpoints, plus the choice buffers and the radius.
+the authors' checkpoints, plus the choice buffers and the radius
+(``state_dict(keep_vars=True)`` returns the live parameters instead).
 
 Everything a training step does with this state happens on the device:
 SparsestMax runs branch-free, the one-hot and the learned weights are
