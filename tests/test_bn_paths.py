@@ -268,6 +268,22 @@ def test_mmaction_torchvision_loader(layer, tv_state, monkeypatch):
 
 
 @pytest.mark.parametrize('layer', LAYERS)
+def test_mmaction_tsm_torchvision_loader(layer, tv_state, monkeypatch):
+    _stub_checkpoint(monkeypatch, 'mmaction.models.backbones.resnet_tsm',
+                     tv_state)
+    cfg = dict(type='ResNetTSM', depth=18, norm_cfg=_norm_cfg(layer))
+    model = _build('mmaction', dict(cfg, pretrained='torchvision://resnet18',
+                                    pretrained2d=True))
+    model.init_weights()
+    names = {}
+    for name, tv_name in _tv_names(model).items():
+        names[name] = tv_name.replace('.net', '')
+    assert len(names) == 20
+    fresh = _build('mmaction', dict(cfg, pretrained=None, pretrained2d=False))
+    _check_loaded(model, tv_state, names, fresh)
+
+
+@pytest.mark.parametrize('layer', LAYERS)
 def test_mmaction_2d_to_3d_inflation(layer, state_2d_for_3d, monkeypatch):
     tv_state = state_2d_for_3d
     _stub_checkpoint(monkeypatch, 'mmaction.models.backbones.resnet3d',

@@ -156,6 +156,15 @@ PATCHES: tuple[Patch, ...] = (
         remove_when='as torchvision-bn-loader',
         wrap=toolkit_fixes.inflate_bn_params),
     Patch(
+        name='tsm-bn-loader',
+        targets=('mmaction.models.backbones.resnet_tsm:'
+                 'ResNetTSM.load_original_weights',),
+        fixes='ResNetTSM (TSM recipes, pretrained2d=True) loads renamed '
+              'torchvision BN keys with load_state_dict: IBN layers got '
+              'nothing (SW takes BN keys in its own _load_from_state_dict).',
+        remove_when='never upstream; goes with IBN',
+        wrap=toolkit_fixes.tsm_load_original_weights),
+    Patch(
         name='checkpoint-bn-loader',
         targets=('mmengine.runner.checkpoint:load_state_dict',),
         also_in=('mmengine.runner',),

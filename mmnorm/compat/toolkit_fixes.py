@@ -127,6 +127,32 @@ def load_state_dict(original: Callable) -> Callable:
     return load
 
 
+def tsm_load_original_weights(original: Callable) -> Callable:
+    """mmaction2 ``ResNetTSM.load_original_weights`` (TSM recipes,
+    ``pretrained2d=True``) renames torchvision's BN keys to the model's
+    and calls ``self.load_state_dict``: that call gets the same BN-loader
+    adaptation as mmengine's loader, so IBN layers are filled from the BN
+    entries."""
+
+    @functools.wraps(original)
+    def load(self, *args, **kwargs):
+        if not _has_registered(self):
+            return original(self, *args, **kwargs)
+        from ..converters import adapt_bn_state_dict
+        plain = self.load_state_dict
+
+        def adapted(state_dict, *a, **k):
+            return plain(adapt_bn_state_dict(self, state_dict), *a, **k)
+
+        self.load_state_dict = adapted  # for this call only
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            del self.load_state_dict
+
+    return load
+
+
 class _NormView(_BatchNorm):
     """A ``_BatchNorm``-typed view of a layer (never constructed, never
     run): the same parameter, buffer and child tables, so type-based rules
