@@ -66,7 +66,7 @@ def _count(ones: Tensor, dims: tuple[int, ...]) -> Tensor:
 def _unbias(count: Tensor) -> Tensor:
     """Bessel factor ``count / max(count - 1, 1)``: 1 for a single
     element (whose biased variance is 0), without a branch on the count."""
-    return count / (count - 1).clamp(min=1)
+    return count / ((count - 2).relu() + 1)   # max(count - 1, 1)
 
 
 def _channel_view(t: Tensor, rank: int) -> Tensor:
@@ -150,7 +150,7 @@ def switchable_norm_plain(x: Tensor, weight: Optional[Tensor],
     if bessel_ln is not None:
         var_ln = var_ln * bessel_ln
     # Derived variances can come out a rounding error below zero.
-    var_ln = var_ln.clamp(min=0)
+    var_ln = var_ln.relu()
 
     if running_mean is None:
         mean_bn = mean_in.mean(0, keepdim=True)
@@ -158,10 +158,14 @@ def switchable_norm_plain(x: Tensor, weight: Optional[Tensor],
                   + (mean_in - mean_bn).square().mean(0, keepdim=True))
         if bessel_bn is not None:
             var_bn = var_bn * bessel_bn
-        var_bn = var_bn.clamp(min=0)
+        var_bn = var_bn.relu()
     else:
         mean_bn = _channel_view(running_mean.to(stat_dtype), rank)
-        var_bn = _channel_view(running_var.to(stat_dtype), rank).clamp(min=0)
+        # where, not relu: the exporters fold it into the constant
+        running_var = running_var.to(stat_dtype)
+        var_bn = _channel_view(torch.where(
+            running_var > 0, running_var, torch.zeros_like(running_var)),
+            rank)
 
     mean = (mean_weight[0] * mean_in + mean_weight[1] * mean_ln
             + mean_weight[2] * mean_bn)

@@ -193,6 +193,43 @@ def export(wrapper: TensorForward, x: Tensor, out: str, dynamic: bool,
     return outputs
 
 
+def undo_initializer_sharing(path: str) -> int:
+    """Give every ``Identity`` of an initializer its own initializer.
+
+    The TorchScript exporter stores parameters with equal values once and
+    feeds the other uses through ``Identity`` nodes (e.g. the weights of
+    freshly initialized SN layers). onnxruntime 1.32's ``EliminateIdentity``
+    rewrite then breaks some of these graphs at load time ("Node input ...
+    is not a graph input, initializer, or output of a previous node"). A
+    copy of the initializer under the ``Identity``'s output name is the
+    same graph without the pattern. Rewrites ``path`` in place and returns
+    the number of nodes replaced.
+    """
+    import onnx
+    proto = onnx.load(path)
+    graph = proto.graph
+    initializers = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    keep, copies = [], []
+    for node in graph.node:
+        if node.op_type == 'Identity' and node.domain in ('', 'ai.onnx') \
+                and node.input[0] in initializers \
+                and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(initializers[node.input[0]])
+            copy.name = node.output[0]
+            copies.append(copy)
+            initializers[copy.name] = copy  # chains of Identity nodes
+        else:
+            keep.append(node)
+    if copies:
+        del graph.node[:]
+        graph.node.extend(keep)
+        graph.initializer.extend(copies)
+        onnx.save(proto, path)
+    return len(copies)
+
+
 def foreign_ops(path: str) -> list[str]:
     """Operators outside the standard ONNX domains (e.g. ``mmnorm::``
     ops or a ``PythonOp``): onnxruntime and TensorRT cannot run them."""
@@ -276,6 +313,7 @@ def main(argv=None) -> int:
           f'({args.exporter}, input {tuple(x.shape)}'
           f'{", dynamic batch and spatial axes" if args.dynamic else ""}) '
           f'to {args.out}')
+    undo_initializer_sharing(args.out)
     foreign = foreign_ops(args.out)
     if foreign:
         print(f'FAILED: the graph holds non-standard operators: {foreign}')
