@@ -475,3 +475,11 @@ def test_parameter_gradients_without_input_gradient():
     layer(x.clone().requires_grad_()).square().sum().backward()
     for g, p in zip(grads, layer.parameters()):
         torch.testing.assert_close(g, p.grad)
+
+
+def test_output_takes_in_place_ops():
+    layer = SwitchableWhitening(8, num_pergroup=4)
+    x = torch.randn(2, 8, 3, 3, requires_grad=True)
+    y = torch.relu_(layer(x))
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()

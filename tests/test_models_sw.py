@@ -152,14 +152,15 @@ def test_sw_resnet50_fcn_trains_a_step():
     model_cfg = cfg.model
     model_cfg.pretrained = None
     bn = dict(type='BN', requires_grad=True)  # SyncBN needs a group
-    model_cfg.backbone.update(type='ResNetSW', norm_cfg=bn)
+    # ResNetV1c is ResNet with the deep stem
+    model_cfg.backbone.update(type='ResNetSW', deep_stem=True, norm_cfg=bn)
     model_cfg.decode_head.norm_cfg = bn
     model_cfg.auxiliary_head.norm_cfg = bn
     model_cfg.data_preprocessor.size = (64, 64)
     model = build_in_scope('mmseg', model_cfg)
     loss = train_step(model, segmentation_batch(batch_size=2))
     assert torch.isfinite(loss)
-    # ResNetV1c: the deep stem's last norm is whitened
+    # the deep stem's last norm is whitened
     assert isinstance(model.backbone.stem[7], SwitchableWhitening)
     for name, param in model.backbone.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), \

@@ -244,8 +244,12 @@ class _Whiten(torch.autograd.Function):
                 need_graph and p.requires_grad) for p in params]
             a, shift, mu_b, sigma_b = small(*leaves, *inner)
         a_ = a.detach().reshape(-1, group_size, group_size)
-        y = torch.baddbmm(shift.detach().reshape(-1, group_size, 1), a_,
-                          xc.reshape(-1, group_size, pixels))
+        # written into a tensor of the input's shape: the output must not
+        # be a view (in-place ops such as ReLU(inplace=True) follow)
+        y = torch.empty(x.shape, dtype=dtype, device=x.device)
+        torch.baddbmm(shift.detach().reshape(-1, group_size, 1), a_,
+                      xc.reshape(-1, group_size, pixels),
+                      out=y.view(-1, group_size, pixels))
         if x.dtype == dtype:
             ctx.save_for_backward(xc, mu_i)
             ctx.recompute = False
@@ -256,8 +260,7 @@ class _Whiten(torch.autograd.Function):
         ctx.graph = (a, shift, leaves, inner) if need_graph else None
         ctx.meta = (n, groups, group_size, pixels, dtype)
         ctx.mark_non_differentiable(mu_b, sigma_b)
-        return (y.to(x.dtype).view(x.shape), mu_b.detach(),
-                sigma_b.detach())
+        return y.to(x.dtype), mu_b.detach(), sigma_b.detach()
 
     @staticmethod
     def backward(ctx, grad_y: Tensor, *unused):
