@@ -40,11 +40,6 @@ from mmnorm.ops.plain import (
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ATOL = 1e-5
 C = 6
-#: the lead's dispatch sends exported/traced layers to the plain path
-DISPATCH = importlib.util.find_spec('mmnorm.ops.dispatch') is not None
-needs_dispatch = pytest.mark.skipif(
-    not DISPATCH, reason='mmnorm layers take the plain path under export '
-    'once mmnorm/ops/dispatch.py exists')
 SPATIAL = {2: (), 3: (7,), 4: (8, 10), 5: (3, 4, 5)}
 #: shapes onnxruntime runs besides the export shape, by input rank
 OTHER_SHAPES = {
@@ -543,7 +538,7 @@ def test_kn_batch_statistics_round_trip(tmp_path):
         assert err <= ATOL, (shape, err)
 
 
-# ------------------------------------- real layers (after the dispatch)
+# ---------------- real layers (mmnorm.ops.dispatch: the plain path)
 
 def _real_layers() -> dict[str, nn.Module]:
     layers = _plain_layers()
@@ -551,7 +546,6 @@ def _real_layers() -> dict[str, nn.Module]:
     return layers
 
 
-@needs_dispatch
 @pytest.mark.parametrize('kind', sorted(_real_layers()))
 @pytest.mark.parametrize('rank', [2, 4, 5])
 def test_layer_torchscript_exporter(kind, rank, tmp_path):
@@ -563,7 +557,6 @@ def test_layer_torchscript_exporter(kind, rank, tmp_path):
     assert 'PythonOp' not in ops
 
 
-@needs_dispatch
 @pytest.mark.parametrize('kind', ['SN', 'SSN-soft', 'SSN-fixed-in-bn'])
 def test_export_after_eager_forward(kind, tmp_path):
     """A user runs the eval model (grad enabled) and then exports it."""
@@ -573,7 +566,6 @@ def test_export_after_eager_forward(kind, tmp_path):
     round_trip(model, 4, str(tmp_path / 'm.onnx'), dynamo=False)
 
 
-@needs_dispatch
 @pytest.mark.parametrize('kinds', [
     ('SN', 'collapsed-ln-ln', 'KN'),
     # SparsestMax's branch-free iterations make SSN graphs large: a
@@ -689,7 +681,6 @@ def _check_feature_round_trip(model, path, shapes, dynamo=False):
             assert err <= ATOL * max(1.0, scale), (size, err, scale)
 
 
-@needs_dispatch
 def test_mmdet_resnet18_fpn_sn_round_trip(tmp_path):
     """A small ResNet-18-style backbone + FPN, SN everywhere (fast)."""
     model = _resnet_fpn(18, 16, dict(type='SN'))
@@ -697,7 +688,6 @@ def test_mmdet_resnet18_fpn_sn_round_trip(tmp_path):
                               [(96, 128), (64, 96)])
 
 
-@needs_dispatch
 @pytest.mark.slow  # about a minute on 2 busy cores
 def test_mmdet_resnet50_fpn_sn_round_trip(tmp_path):
     """mmdet's ResNet-50 + FPN with SN in both, exported at 128x160 with
@@ -715,7 +705,6 @@ def _tool_module():
     return module
 
 
-@needs_dispatch
 def test_equal_parameters_load_in_onnxruntime(tmp_path):
     """Freshly initialized SN layers have equal weights, which the
     TorchScript exporter shares through Identity nodes that onnxruntime's
@@ -772,7 +761,6 @@ model = dict(
 """
 
 
-@needs_dispatch
 def test_export_tool_end_to_end(tmp_path, capsys):
     """export_onnx.py on a small RetinaNet config with SN everywhere: a
     checkpoint saved from the model (weights-only safe), the whole tensor
