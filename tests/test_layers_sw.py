@@ -425,7 +425,8 @@ def test_registered_as_a_norm_layer_that_is_not_bn_shaped():
         bn.running_var.uniform_(0.5, 2.0)
     layer = SwitchableWhitening(8, num_pergroup=2)
     used = registry.bn_loader(layer)(layer, bn.state_dict(), '')
-    assert sorted(used) == ['bias', 'running_mean', 'running_var', 'weight']
+    assert sorted(used) == ['bias', 'num_batches_tracked', 'running_mean',
+                            'running_var', 'weight']
     torch.testing.assert_close(
         layer.running_cov, torch.diag_embed(bn.running_var.view(4, 2)))
 

@@ -378,28 +378,35 @@ def revert_sync_sw(module: nn.Module) -> nn.Module:
     return _swap(module, SyncSwitchableWhitening, SwitchableWhitening)
 
 
-def _load_from_bn(layer: SwitchableWhitening, state: dict, prefix: str
-                  ) -> list:
-    """Fill ``layer`` from a BN layer's entries in ``state`` (for the
-    toolkits' per-layer BN loaders): ``weight``/``bias`` as they are,
-    ``running_mean`` regrouped, ``running_var`` as a diagonal
-    covariance. Returns the keys used."""
+def _load_from_bn(layer: SwitchableWhitening, state: dict,
+                  prefix: str = '') -> list:
+    """Fill ``layer`` in place from a BN layer's entries in ``state`` (the
+    BN loader of :mod:`mmnorm.compat.registry`): ``weight``/``bias`` as
+    they are, ``running_mean`` regrouped, ``running_var`` as a diagonal
+    ``running_cov``, ``num_batches_tracked``. Entries of another length
+    are not used. Returns the keys used."""
     used = []
     g, c = layer.num_groups, layer.num_pergroup
     with torch.no_grad():
-        for name in ('weight', 'bias'):
-            key = prefix + name
-            if key in state and getattr(layer, name) is not None:
-                getattr(layer, name).copy_(state[key])
-                used.append(key)
-        if prefix + 'running_mean' in state:
-            layer.running_mean.copy_(
-                state[prefix + 'running_mean'].reshape(g, c, 1))
-            used.append(prefix + 'running_mean')
-        if prefix + 'running_var' in state:
-            layer.running_cov.copy_(torch.diag_embed(
-                state[prefix + 'running_var'].reshape(g, c)))
-            used.append(prefix + 'running_var')
+        for name in ('weight', 'bias', 'running_mean', 'running_var',
+                     'num_batches_tracked'):
+            value = state.get(prefix + name)
+            if value is None:
+                continue
+            if name == 'num_batches_tracked':
+                layer.num_batches_tracked.copy_(value)
+            elif value.dim() != 1 or value.numel() != layer.num_features:
+                continue
+            elif name in ('weight', 'bias'):
+                if getattr(layer, name) is None:
+                    continue
+                getattr(layer, name).copy_(value)
+            elif name == 'running_mean':
+                layer.running_mean.copy_(value.reshape(g, c, 1))
+            else:
+                layer.running_cov.copy_(torch.diag_embed(
+                    value.reshape(g, c)))
+            used.append(prefix + name)
     return used
 
 
