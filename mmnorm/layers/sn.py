@@ -229,7 +229,9 @@ class SwitchableNorm(_BatchNorm):
         self._check_input_dim(input)
         rank = input.dim()
         flat = rank == 2
-        if rank != self._last_rank:
+        # for ratios(); skipped under torch.compile, where a Python
+        # attribute changed in forward would be a guard and a recompile
+        if not torch.compiler.is_compiling() and rank != self._last_rank:
             self._last_rank = rank
         use_batch = self._uses_batch_stats()
         # Copies: a later training forward updates the buffers in place,

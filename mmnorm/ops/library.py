@@ -143,11 +143,11 @@ def _cuda_switchable_norm_forward(x: Tensor, weight: Optional[Tensor],
     from .moment_norm import forward_rows
     x3 = x.reshape(x.shape[0], x.shape[1], -1)
     params = _params(mean_weight, var_weight, running_mean, running_var)
-    y3, mean_in, var_in, _, _, mean_bn, var_bn = forward_rows(
+    y, mean_in, var_in, _, _, mean_bn, var_bn = forward_rows(
         _cuda_rows(), x3, weight, bias, eps, _mix(flat), params)
     stat = mean_in.dtype
     # outputs never alias inputs (the running buffers pass through the mix)
-    return (y3.view(x.shape), mean_in, var_in,
+    return (y.view(x.shape), mean_in, var_in,
             mean_bn.to(stat, copy=True), var_bn.to(stat, copy=True))
 
 

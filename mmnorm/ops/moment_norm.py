@@ -75,7 +75,8 @@ def bessel(count: Any) -> Any:
 
 # --------------------------------------------------------------------------
 # Row passes. Each backend takes the (N, C, M) view of the input in its own
-# dtype and returns statistics in the statistics dtype.
+# dtype and returns statistics in the statistics dtype; ``affine`` returns
+# its own buffer (not a view) of any shape with the input's elements.
 
 class _KernelRows:
     """The compiled CPU row kernels: dense float32/float64 rows."""
@@ -89,8 +90,8 @@ class _KernelRows:
 
     def affine(self, x3, shift, scale, offset):
         rows = self._rows(x3)
-        y = torch.ops.mmnorm.row_affine(rows, shift, scale, offset)
-        return y.view(x3.shape).to(x3.dtype)
+        return torch.ops.mmnorm.row_affine(rows, shift, scale,
+                                           offset).to(x3.dtype)
 
     def grad_sums(self, dy3, x3, shift):
         rows = self._rows(x3)
@@ -145,8 +146,8 @@ class _ComposedRows:
                             offset, False, 0.0, 0.0)
 
     def affine(self, x3, shift, scale, offset):
-        y = self._centred_affine(self._rows(x3), shift, scale, offset)
-        return y.view(x3.shape).to(x3.dtype)
+        return self._centred_affine(self._rows(x3), shift, scale,
+                                    offset).to(x3.dtype)
 
     def grad_sums(self, dy3, x3, shift):
         rows = self._rows(x3)
@@ -183,8 +184,9 @@ def row_passes(backend: str) -> Any:
 def forward_rows(rows: Any, x3: Tensor, weight: Optional[Tensor],
                  bias: Optional[Tensor], eps: float, mix: MixFn,
                  params: tuple) -> tuple:
-    """``(y3, mean_in, var_in, mean, var, *aux)`` for ``x3`` ``(N, C, M)``
-    with the row passes ``rows``."""
+    """``(y, mean_in, var_in, mean, var, *aux)`` for ``x3`` ``(N, C, M)``
+    with the row passes ``rows``; ``y`` holds the output's elements in the
+    row pass's own layout (view it as the input's shape)."""
     n, c, m = x3.shape
     mean_r, var_r = rows.moments(x3)
     mean_in = mean_r.view(n, c)
@@ -202,8 +204,8 @@ def forward_rows(rows: Any, x3: Tensor, weight: Optional[Tensor],
     dtype = mean_r.dtype
     scale = scale.expand(n, c).reshape(-1).to(dtype)
     offset = offset.reshape(-1).to(dtype)
-    y3 = rows.affine(x3, mean_r, scale, offset)
-    return (y3, mean_in, var_in, mean, var, *aux)
+    y = rows.affine(x3, mean_r, scale, offset)
+    return (y, mean_in, var_in, mean, var, *aux)
 
 
 def backward_rows(rows: Any, grad3: Tensor, x3: Tensor, mean_in: Tensor,
@@ -261,17 +263,21 @@ class _MomentNorm(torch.autograd.Function):
                 bias: Optional[Tensor], eps: float, mix: MixFn, backend: str,
                 *params: Optional[Tensor]):
         with torch.autocast(x3.device.type, enabled=False):
-            y3, mean_in, var_in, mean, var, *aux = forward_rows(
+            y, mean_in, var_in, mean, var, *aux = forward_rows(
                 row_passes(backend), x3, weight, bias, eps, mix, params)
-        aux = [a.detach() for a in aux]
-        ctx.save_for_backward(x3, mean_in, var_in, mean.detach(),
-                              var.detach(), weight, bias, *aux, *params)
+        # mean_in is a view of the moments pass's output; a saved view of
+        # an intermediate cannot leave a traced autograd.Function
+        ctx.save_for_backward(x3, mean_in.clone(), var_in, mean, var,
+                              weight, bias, *aux, *params)
         ctx.num_aux = len(aux)
         ctx.eps = eps
         ctx.mix = mix
         ctx.backend = backend
         ctx.mark_non_differentiable(*aux)
-        return (y3, *aux)
+        # y is the row pass's own buffer, in whatever shape it has: a view
+        # made here would forbid in-place ops after the layer
+        # (ReLU(inplace=True)); the caller views it as the input's shape
+        return (y, *aux)
 
     @staticmethod
     @once_differentiable
@@ -281,9 +287,9 @@ class _MomentNorm(torch.autograd.Function):
         aux, params = rest[:ctx.num_aux], rest[ctx.num_aux:]
         with torch.autocast(x3.device.type, enabled=False):
             grad_x3, grad_weight, grad_bias, *grad_params = backward_rows(
-                row_passes(ctx.backend), grad_y, x3, mean_in, var_in, mean,
-                var, weight, bias, ctx.eps, ctx.mix, params, aux,
-                ctx.needs_input_grad[0])
+                row_passes(ctx.backend), grad_y.reshape(x3.shape), x3,
+                mean_in, var_in, mean, var, weight, bias, ctx.eps, ctx.mix,
+                params, aux, ctx.needs_input_grad[0])
         return (grad_x3, grad_weight, grad_bias, None, None, None,
                 *grad_params)
 
@@ -332,10 +338,10 @@ def switchable_norm(x: Tensor, weight: Optional[Tensor],
         mean_param = masked_softmax(mean_param, available)
         var_param = masked_softmax(var_param, available)
     x3 = x.reshape(x.shape[0], x.shape[1], -1)
-    y3, *aux = _MomentNorm.apply(x3, weight, bias, eps, mix, backend,
-                                 mean_param, var_param, running_mean,
-                                 running_var)
-    return (y3.view(x.shape), *aux)
+    y, *aux = _MomentNorm.apply(x3, weight, bias, eps, mix, backend,
+                                mean_param, var_param, running_mean,
+                                running_var)
+    return (y.view(x.shape), *aux)
 
 
 def moment_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
@@ -351,11 +357,10 @@ def moment_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     """
     if len(params) == 4:
         return switchable_norm(x, weight, bias, eps, mix, *params)
-    backend = dispatch.backend_for(x)
     x3 = x.reshape(x.shape[0], x.shape[1], -1)
-    y3, *aux = _MomentNorm.apply(x3, weight, bias, eps, mix, backend,
-                                 *params)
-    return (y3.view(x.shape), *aux)
+    y, *aux = _MomentNorm.apply(x3, weight, bias, eps, mix,
+                                dispatch.backend_for(x), *params)
+    return (y.view(x.shape), *aux)
 
 
 def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
