@@ -618,12 +618,7 @@ class _UnpatchedSW(nn.Module):
             self.module.switchable_whitening = patched
 
 
-@pytest.mark.parametrize('dynamo', [
-    pytest.param(False, marks=pytest.mark.xfail(
-        raises=RuntimeError, reason='SW runs its passes in an autograd '
-        'Function, which the TorchScript exporter takes as a PythonOp '
-        '(unordered_map::at); it needs a plain path under export')),
-    True])
+@pytest.mark.parametrize('dynamo', [False, True])
 def test_sw_round_trip(dynamo, tmp_path):
     layer, _ = _sw_layer()
     round_trip(_net(layer.eval(), 4, channels=16), 4,

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..ops import dispatch
 from ..ops.kalman import (
     group_moments,
     kalman_combine_where,
@@ -40,6 +41,7 @@ from ..ops.kalman import (
     rectified_moments,
     sampled_moments,
 )
+from ..ops.plain import kalman_norm_plain
 
 #: the paper's prior weight ``p`` for large batches (e.g. 32 images per GPU)
 PRIOR_WEIGHT_LARGE_BATCH = 0.05
@@ -212,6 +214,8 @@ class KalmanNorm(_BatchNorm):
             # inference: BN with the moving averages of the combined stats
             return F.batch_norm(input, self.running_mean, self.running_var,
                                 self.weight, self.bias, False, 0.0, self.eps)
+        if dispatch.is_exporting():
+            return self._export_forward(input)
         if self.training and not self.kn_wired:
             _warn_unwired()
         k = self._group_size(input)
@@ -244,6 +248,27 @@ class KalmanNorm(_BatchNorm):
         out = normalize(stats_input, mean, var, self.eps, self.weight,
                         self.bias)
         return out.to(input.dtype)
+
+    def _export_forward(self, input: Tensor) -> Tensor:
+        """Batch statistics from plain ops, for ONNX / TorchScript export:
+        the eager path's ``F.batch_norm(training=True)`` and reshapes into
+        groups do not export with a dynamic batch. A diverged prediction is
+        replaced by the observation, which the Kalman combination maps to
+        the observation itself (the eager path's decision, branch-free)."""
+        prior_input = self.kn_link.source_state() if self.kn_link else None
+        k = self.group_size or input.shape[0]
+        prediction = self._predict(prior_input, input.shape[0] // k)
+        if prediction is not None:
+            stats_input = input.float() if input.dtype in (
+                torch.float16, torch.bfloat16) else input
+            obs_mean, obs_var = group_moments(stats_input, k)
+            diverged = prior_diverges(prediction[1], obs_var,
+                                      self.divergence_ratio, self.eps)
+            prediction = (torch.where(diverged, obs_mean, prediction[0]),
+                          torch.where(diverged, obs_var, prediction[1]))
+        return kalman_norm_plain(input, self.weight, self.bias, self.eps,
+                                 self.group_size, prediction,
+                                 self.prior_weight)
 
     def _average_factor(self) -> Union[float, Tensor]:
         """The weight of the newest statistics in the running averages: a

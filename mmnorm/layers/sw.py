@@ -33,7 +33,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from ..ops import dispatch
 from ..ops.distributed import distributed_world_size
+from ..ops.plain import switchable_whitening_plain
 from ..ops.whitening import (
     SW_SOURCES,
     batch_stats_local,
@@ -270,7 +272,12 @@ class SwitchableWhitening(nn.Module):
                 return a, a @ offset + bias.view(g, c, 1), mu_b, sigma_b
             return a, a @ offset, mu_b, sigma_b
 
-        y, mu_b, sigma_b = switchable_whitening(x, c, small, self._params())
+        if dispatch.is_exporting():  # no autograd.Function in the graph
+            y, mu_b, sigma_b = switchable_whitening_plain(x, c, small,
+                                                          self._params())
+        else:
+            y, mu_b, sigma_b = switchable_whitening(x, c, small,
+                                                    self._params())
         if use_batch:
             self._track(mu_b, sigma_b)
         return y.view(shape)

@@ -160,9 +160,10 @@ def newton_whitening(sigma: Tensor, iterations: int) -> Tensor:
     condition number 25: error 1e-9 after 10 steps, 1e4 after 20, NaN
     after 30), the coupled one stays converged.
     """
-    trace = sigma.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
-    y = sigma / trace
     eye = _eye_like(sigma)
+    # the trace as a masked sum: exports at ONNX opset 11 (no Diagonal)
+    trace = (sigma * eye).sum((-2, -1), keepdim=True)
+    y = sigma / trace
     z = eye.expand_as(sigma)
     for _ in range(iterations):
         r = 3.0 * eye - z @ y
@@ -191,10 +192,10 @@ def mix_statistics(mu_i: Tensor, sigma_i: Tensor, mu_b: Tensor,
     cov = var_w[0] * sigma_b + var_w[1] * sigma_i
     if sw_type == 5:
         offset = offset + mean_w[2] * to_batch
-        cov = (cov + var_w[2] * torch.diag_embed(
-            sigma_b.diagonal(dim1=-2, dim2=-1))
-            + var_w[3] * torch.diag_embed(
-                sigma_i.diagonal(dim1=-2, dim2=-1)))
+        # diagonal parts as masked products (ONNX opset 11 has no
+        # Diagonal)
+        cov = (cov + var_w[2] * (sigma_b * eye)
+               + var_w[3] * (sigma_i * eye))
     if sw_type in (3, 5):
         n = mu_i.shape[0]
         flat_mu = mu_i.reshape(n, -1)
