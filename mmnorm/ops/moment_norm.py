@@ -109,21 +109,22 @@ class _TritonRows:
     """The Triton row kernels (CUDA): any strides, half inputs read as
     they are."""
 
-    def __init__(self) -> None:
-        from . import triton_rows
-        self.kernels = triton_rows
+    @staticmethod
+    def _kernels():
+        from . import triton_rows  # imports Triton: only when used
+        return triton_rows
 
     def moments(self, x3):
-        return self.kernels.row_moments(x3)
+        return self._kernels().row_moments(x3)
 
     def affine(self, x3, shift, scale, offset):
-        return self.kernels.row_affine(x3, shift, scale, offset)
+        return self._kernels().row_affine(x3, shift, scale, offset)
 
     def grad_sums(self, dy3, x3, shift):
-        return self.kernels.row_grad_sums(dy3, x3, shift)
+        return self._kernels().row_grad_sums(dy3, x3, shift)
 
     def grad_input(self, dy3, x3, shift, a, b, c):
-        return self.kernels.row_grad_input(dy3, x3, shift, a, b, c)
+        return self._kernels().row_grad_input(dy3, x3, shift, a, b, c)
 
 
 class _ComposedRows:
@@ -166,16 +167,14 @@ class _ComposedRows:
         return dx.view(x3.shape).to(x3.dtype)
 
 
-_ROWS: dict[str, Any] = {}
+# built once at import: a cache filled lazily would change under a trace
+_ROWS = {dispatch.CPU_KERNEL: _KernelRows(), dispatch.TRITON: _TritonRows(),
+         dispatch.COMPOSED: _ComposedRows()}
 
 
 def row_passes(backend: str) -> Any:
     """The row-pass implementation of a backend (see :mod:`.dispatch`)."""
-    if backend not in _ROWS:
-        _ROWS[backend] = {dispatch.CPU_KERNEL: _KernelRows,
-                          dispatch.TRITON: _TritonRows}.get(
-                              backend, _ComposedRows)()
-    return _ROWS[backend]
+    return _ROWS.get(backend, _ROWS[dispatch.COMPOSED])
 
 
 # --------------------------------------------------------------------------
