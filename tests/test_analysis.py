@@ -157,3 +157,30 @@ def test_evolution_titles_do_not_overlap(tmp_path, monkeypatch, title):
     if title:
         assert any(title in t for t in wanted)  # the title is still shown
     plt.close(fig)
+
+
+def test_evolution_plots_the_sources_of_sn_and_sw_layers(tmp_path,
+                                                         monkeypatch):
+    """SW records have other sources (BW, IW); each source seen gets one
+    line per panel, averaged over the layers that have it (0 elsewhere)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from mmnorm.analysis.plots import plot_evolution
+    sn = {'mean': {'in': 0.2, 'ln': 0.3, 'bn': 0.5},
+          'var': {'in': 0.1, 'ln': 0.1, 'bn': 0.8}}
+    sw = {'mean': {'bw': 0.6, 'iw': 0.4}, 'var': {'bw': 0.6, 'iw': 0.4}}
+    history = [(10, {'a.norm': sn, 'b.sw': sw}), (20, {'a.norm': sn,
+                                                       'b.sw': sw})]
+    figures = []
+    monkeypatch.setattr(plt, 'close', figures.append)
+    plot_evolution(history, str(tmp_path / 'evolution'))
+    fig, = figures
+    mean_axes = fig.axes[0]
+    lines = {line.get_label(): line.get_ydata()
+             for line in mean_axes.get_lines()}
+    assert sorted(lines) == ['BN', 'BW', 'IN', 'IW', 'LN']
+    assert list(lines['BW']) == [0.3, 0.3]  # (0 + 0.6) / 2 layers
+    assert list(lines['BN']) == [0.25, 0.25]
+    plt.close(fig)

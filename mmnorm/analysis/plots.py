@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
-from ..ops import BRANCHES
 from .ratios import Record, average_by_stage, sources_in
 
 # SN's branches, then Switchable Whitening's BW and IW
@@ -116,10 +115,14 @@ def plot_evolution(history: Sequence[tuple[int, Mapping[str, Record]]],
     plt = _pyplot()
     iters = [it for it, _ in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    # every source seen at any time (SN's three, SW's two to five)
+    sources = sources_in({f'{i}.{name}': r
+                          for i, (_, recs) in enumerate(history)
+                          for name, r in recs.items()})
     for ax, kind in zip(axes, ('mean', 'var')):
-        for branch in BRANCHES:
-            values = [sum(r[kind][branch] for r in recs.values()) / len(recs)
-                      for _, recs in history]
+        for branch in sources:
+            values = [sum(r[kind].get(branch, 0.0) for r in recs.values())
+                      / len(recs) for _, recs in history]
             ax.plot(iters, values, color=COLORS[branch],
                     label=LABELS[branch], linewidth=2)
         ax.set_xlabel('iteration')
