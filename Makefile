@@ -2,7 +2,7 @@
 # both set up .venv/ first (see tools/setup_env.sh).
 PY := .venv/bin/python
 
-.PHONY: env demo benchmark test test-slow lint docs
+.PHONY: env demo benchmark gpu-check test test-slow lint docs
 
 env:
 	@bash tools/setup_env.sh
@@ -12,10 +12,17 @@ env:
 demo: env
 	PYTHON=$(CURDIR)/$(PY) bash tools/demo.sh 2
 
-## the layer benchmark (SN vs BatchNorm, GroupNorm, straightforward SN)
+## the layer benchmarks on the CPU (SN vs BatchNorm, GroupNorm,
+## straightforward SN; SW vs BatchNorm, SN, straightforward SW)
 benchmark: env
 	@mkdir -p work_dirs
 	$(PY) tools/analysis_tools/benchmark_norms.py --out work_dirs/benchmark_norms.json
+	$(PY) tools/analysis_tools/benchmark_whitening.py --out work_dirs/benchmark_whitening.json
+
+## on a GPU machine (torch + Triton + CUDA; see docs/gpu.md): CUDA tests
+## and benchmarks into work_dirs/gpu_check
+gpu-check:
+	bash tools/gpu_check.sh work_dirs/gpu_check
 
 lint: env
 	$(PY) -m ruff check mmnorm tools tests
