@@ -17,6 +17,7 @@ from mmnorm.layers import (
     KalmanNorm,
     SparseSwitchableNorm,
     SwitchableNorm,
+    SwitchableWhitening,
     SyncSwitchableNorm,
 )
 from mmnorm.layers.fixed import FixedSourceNorm
@@ -101,6 +102,7 @@ class _AllLayers(nn.Module):
         self.fixed = FixedSourceNorm(c, 1, 2)
         self.sync = SyncSwitchableNorm(c)
         self.ibn = IBN(c, ratio=0.5)
+        self.sw = SwitchableWhitening(c, num_pergroup=2)
         self.conv_kn = nn.Conv2d(c, c, 3, padding=1, bias=False)
         self.kn = KalmanNorm(c)
         self.kn.kn_wired = True
@@ -111,7 +113,8 @@ class _AllLayers(nn.Module):
 
     def forward(self, x):
         x = self.conv(x)
-        for norm in (self.sn, self.ssn, self.fixed, self.sync, self.ibn):
+        for norm in (self.sn, self.ssn, self.fixed, self.sync, self.ibn,
+                     self.sw):
             x = torch.relu(norm(x))
         x = torch.relu(self.kn(self.conv_kn(x)))
         return self.sn_flat(self.head(x.mean((2, 3))))

@@ -272,7 +272,10 @@ class SwitchableWhitening(nn.Module):
                 return a, a @ offset + bias.view(g, c, 1), mu_b, sigma_b
             return a, a @ offset, mu_b, sigma_b
 
-        if dispatch.is_exporting():  # no autograd.Function in the graph
+        # Exporters and torch.compile take the plain ops (autograd through
+        # them): the hand-written backward differentiates the small
+        # matrices with torch.autograd.grad, which Dynamo cannot trace.
+        if dispatch.is_exporting() or torch.compiler.is_compiling():
             y, mu_b, sigma_b = switchable_whitening_plain(x, c, small,
                                                           self._params())
         else:

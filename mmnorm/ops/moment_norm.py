@@ -180,31 +180,46 @@ def row_passes(backend: str) -> Any:
 # --------------------------------------------------------------------------
 # The layer math between the row passes, shared by every path.
 
+def _wide(t: Tensor) -> torch.dtype:
+    """The dtype of the small (N, C) mixing: float64 where the device has
+    it (as the CPU kernel's mixing), so that the differences of statistics
+    a large common mean produces do not cancel in float32."""
+    return torch.float32 if t.device.type == 'mps' else torch.float64
+
+
+def _to(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return None if t is None else t.to(dtype)
+
+
 def forward_rows(rows: Any, x3: Tensor, weight: Optional[Tensor],
                  bias: Optional[Tensor], eps: float, mix: MixFn,
                  params: tuple) -> tuple:
     """``(y, mean_in, var_in, mean, var, *aux)`` for ``x3`` ``(N, C, M)``
     with the row passes ``rows``; ``y`` holds the output's elements in the
-    row pass's own layout (view it as the input's shape)."""
+    row pass's own layout (view it as the input's shape). ``mean_in``,
+    ``var_in`` and ``aux`` are in the statistics dtype, the mixed ``mean``
+    and ``var`` in the mixing dtype (float64)."""
     n, c, m = x3.shape
     mean_r, var_r = rows.moments(x3)
+    stat = mean_r.dtype
+    wide = _wide(mean_r)
     mean_in = mean_r.view(n, c)
     var_in = var_r.view(n, c) * bessel(m)
-    mean, var, *aux = mix.forward(mean_in, var_in, *params)
+    mean, var, *aux = mix.forward(mean_in.to(wide), var_in.to(wide),
+                                  *(_to(p, wide) for p in params))
     scale = (var + eps).rsqrt()
     if weight is not None:
-        scale = scale * weight
+        scale = scale * weight.to(wide)
     # y = (x - mean) * scale + bias
     #   = (x - mean_in) * scale + offset: centred on the row's own mean,
     # so a large common mean cancels before rounding.
     offset = (mean_in - mean) * scale
     if bias is not None:
-        offset = offset + bias
-    dtype = mean_r.dtype
-    scale = scale.expand(n, c).reshape(-1).to(dtype)
-    offset = offset.reshape(-1).to(dtype)
+        offset = offset + bias.to(wide)
+    scale = scale.expand(n, c).reshape(-1).to(stat)
+    offset = offset.reshape(-1).to(stat)
     y = rows.affine(x3, mean_r, scale, offset)
-    return (y, mean_in, var_in, mean, var, *aux)
+    return (y, mean_in, var_in, mean, var, *(a.to(stat) for a in aux))
 
 
 def backward_rows(rows: Any, grad3: Tensor, x3: Tensor, mean_in: Tensor,
@@ -212,44 +227,54 @@ def backward_rows(rows: Any, grad3: Tensor, x3: Tensor, mean_in: Tensor,
                   weight: Optional[Tensor], bias: Optional[Tensor],
                   eps: float, mix: MixFn, params: tuple, aux: tuple,
                   input_grad: bool) -> tuple:
-    """``(grad_x3 or None, grad_weight, grad_bias, *grad_params)``."""
+    """``(grad_x3 or None, grad_weight, grad_bias, *grad_params)``; the
+    (N, C) part runs in the mixing dtype, like the forward's."""
     n, c, m = x3.shape
+    stat = mean_in.dtype
     mean_flat = mean_in.reshape(-1)
     dy_sum, dy_xc = rows.grad_sums(grad3, x3, mean_flat)
-    grad_shift = dy_sum.view(n, c)
+    wide = _wide(mean_in)
+    mean_in_w, var_in_w = mean_in.to(wide), var_in.to(wide)
+    mean, var = mean.to(wide), var.to(wide)
+    weight_w = _to(weight, wide)
+    params_w = tuple(_to(p, wide) for p in params)
+    aux_w = tuple(_to(a, wide) for a in aux)
+    grad_shift = dy_sum.view(n, c).to(wide)
     # y = x * scale + shift, scale = weight * rstd,
     # shift = bias - mean * scale, rstd = (var + eps)^-1/2;
     # sum(dy * (x - mean)) = sum(dy * (x - mean_in))
     #                        + (mean_in - mean) * sum(dy)
     rstd = (var + eps).rsqrt()
-    scale = rstd if weight is None else rstd * weight
+    scale = rstd if weight is None else rstd * weight_w
     grad_mean = -scale * grad_shift
-    grad_scale_total = dy_xc.view(n, c) + (mean_in - mean) * grad_shift
+    grad_scale_total = (dy_xc.view(n, c).to(wide)
+                        + (mean_in_w - mean) * grad_shift)
     grad_weight = grad_bias = None
     if weight is not None:
-        grad_weight = (grad_scale_total * rstd).sum(0)
-        grad_rstd = grad_scale_total * weight
+        grad_weight = (grad_scale_total * rstd).sum(0).to(weight.dtype)
+        grad_rstd = grad_scale_total * weight_w
     else:
         grad_rstd = grad_scale_total
     if bias is not None:
-        grad_bias = grad_shift.sum(0)
+        grad_bias = grad_shift.sum(0).to(bias.dtype)
     grad_var = grad_rstd * (-0.5) * rstd.pow(3)
 
     grad_mean_in, grad_var_in, *grad_params = mix.backward(
-        mean_in, var_in, tuple(params), tuple(aux), grad_mean.expand(n, c),
+        mean_in_w, var_in_w, params_w, aux_w, grad_mean.expand(n, c),
         grad_var.expand(n, c))
+    grad_params = [None if g is None or p is None else g.to(p.dtype)
+                   for g, p in zip(grad_params, params)]
 
     grad_x3 = None
     if input_grad:
         # d var_in / dx = 2 (x - mean_in) / (M - 1) (0 if M == 1);
         # d mean_in / dx = 1 / M, so
         # dx = dy * scale + (x - mean_in) * k1 + k0.
-        dtype = mean_in.dtype
         k1 = (grad_var_in * (2.0 / torch.sym_max(m - 1, 1))).reshape(-1)
         k0 = (grad_mean_in / m).reshape(-1)
         scale = scale.expand(n, c).reshape(-1)
-        grad_x3 = rows.grad_input(grad3, x3, mean_flat, scale.to(dtype),
-                                  k1.to(dtype), k0.to(dtype))
+        grad_x3 = rows.grad_input(grad3, x3, mean_flat, scale.to(stat),
+                                  k1.to(stat), k0.to(stat))
     return (grad_x3, grad_weight, grad_bias, *grad_params)
 
 
