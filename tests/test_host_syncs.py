@@ -160,6 +160,16 @@ def test_ibn_training_step():
     assert host_reads_of_step(layer, x, steps=2) == []
 
 
+@pytest.mark.parametrize('momentum', [0.1, None])
+@pytest.mark.parametrize('sw_type', [2, 3, 5])
+def test_sw_training_step(sw_type, momentum):
+    from mmnorm.layers import SwitchableWhitening
+    layer = SwitchableWhitening(8, num_pergroup=4, sw_type=sw_type,
+                                momentum=momentum)
+    x = torch.randn(4, 8, 5, 5, requires_grad=True)
+    assert host_reads_of_step(layer, x, steps=2) == []
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_cuda_training_steps_do_not_synchronize():
     """On a GPU, CUDA's own sync detector raises on any synchronizing call

@@ -288,7 +288,8 @@ class SwitchableWhitening(nn.Module):
     @torch.no_grad()
     def _track(self, mu_b: Tensor, sigma_b: Tensor) -> None:
         self.num_batches_tracked.add_(1)
-        factor = (1.0 / float(self.num_batches_tracked)
+        # momentum=None: a cumulative average, 1 / count on the device
+        factor = (self.num_batches_tracked.to(self.running_mean).reciprocal()
                   if self.momentum is None else self.momentum)
         self.running_mean.lerp_(mu_b.to(self.running_mean), factor)
         self.running_cov.lerp_(sigma_b.to(self.running_cov), factor)
