@@ -41,10 +41,12 @@ import sys
 import time
 from typing import Callable, Optional
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                '..', '..'))  # mmnorm from this checkout
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(_HERE, '..', '..'))  # mmnorm of this checkout
+sys.path.insert(0, _HERE)  # the SN benchmark's helpers
 
 import torch  # noqa: E402
+from benchmark_norms import saved_bytes  # noqa: E402
 from torch import nn  # noqa: E402
 
 from mmnorm import SwitchableNorm, SwitchableWhitening  # noqa: E402
@@ -114,21 +116,6 @@ def implementations(channels: int) -> dict[str, nn.Module]:
         'BatchNorm2d': nn.BatchNorm2d(channels),
         'SN (mmnorm)': SwitchableNorm(channels),
     }
-
-
-def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of distinct storages autograd keeps for backward."""
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = module(x)
-    del y
-    return sum(storages.values())
 
 
 class _Clock:
