@@ -216,7 +216,7 @@ def _checks_worker(rank, world, out_dir):
 
 def test_one_collective_each_way_precision_and_all_empty_ranks(tmp_path):
     mp.spawn(_checks_worker, args=(2, str(tmp_path)), nprocs=2)
-    results = [torch.load(tmp_path / f'{r}.pt', weights_only=False)
+    results = [torch.load(tmp_path / f'{r}.pt', weights_only=True)
                for r in range(2)]
     for result in results:
         for name in ('SyncSwitchableNorm4', 'SyncSwitchableNorm2',
