@@ -71,12 +71,18 @@ def _op_cases():
     cases += [
         ('switchable_norm', (x.clone().requires_grad_(),
                              *[t.clone().requires_grad_() for t in affine],
-                             *lambdas, available, None, None, 1e-5, False)),
+                             *lambdas, available, None, None, None, 1e-5,
+                             False)),
         ('switchable_norm', (x.clone().requires_grad_(), None, None,
-                             *weights, None, *running, 1e-5, False)),
+                             *weights, None, None, *running, 1e-5, False)),
         ('switchable_norm', (rnd(4, c).requires_grad_(), *affine, *lambdas,
                              torch.tensor([False, True, True]), None, None,
-                             1e-5, True)),
+                             None, 1e-5, True)),
+        # SSN: one row frozen to a branch, the other learned
+        ('switchable_norm', (x.clone().requires_grad_(), None, None,
+                             *[w.clone().requires_grad_() for w in weights],
+                             None, torch.tensor([1, -1]), None, None, 1e-5,
+                             False)),
     ]
     return cases
 

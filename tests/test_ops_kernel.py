@@ -333,7 +333,7 @@ def test_second_derivatives_are_refused_when_taken():
 
 def _from_lambdas(x, mean_lambda, var_lambda, mask):
     return KERNEL.switchable_norm(x, None, None, mean_lambda, var_lambda,
-                                  mask, None, None, 1e-5, False)[0]
+                                  mask, None, None, None, 1e-5, False)[0]
 
 
 @needs_kernel
@@ -353,7 +353,7 @@ def test_op_from_lambdas_uses_the_masked_softmax(available):
         e = lam.detach().exp() * mask
         weights.append(e / e.sum())
     expected = KERNEL.switchable_norm(x, None, None, *weights, None, None,
-                                      None, 1e-5, False)[0]
+                                      None, None, 1e-5, False)[0]
     torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(
         lambda x, m, v: _from_lambdas(x, m, v, mask),
@@ -371,9 +371,59 @@ def test_op_with_given_weights_gives_them_their_gradient():
     var_l = torch.randn(3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda x, w, m, v: KERNEL.switchable_norm(
-            x, w, None, m.softmax(0), v.softmax(0), None, None, None, 1e-5,
-            False)[0],
+            x, w, None, m.softmax(0), v.softmax(0), None, None, None, None,
+            1e-5, False)[0],
         (x, weight, mean_l, var_l))
+
+
+@needs_kernel
+@pytest.mark.parametrize('choices', [(2, -1), (-1, 0), (1, 1)])
+@pytest.mark.parametrize('from_lambdas', [False, True])
+def test_op_builds_the_one_hot_of_frozen_choices(choices, from_lambdas):
+    # SSN's frozen rows: the op's output equals the op with the one-hot
+    # given, and a chosen row's param gets an exactly-zero gradient, also
+    # when the output gradient is not finite
+    mask = torch.tensor([True, True, True]) if from_lambdas else None
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    params = [torch.randn(3, dtype=torch.float64).softmax(0)
+              .requires_grad_() for _ in range(2)]
+    chosen = torch.tensor(choices)
+    y = KERNEL.switchable_norm(x, None, None, *params, mask, chosen, None,
+                               None, 1e-5, False)[0]
+    expected_weights = []
+    for param, choice in zip(params, choices):
+        w = param.detach().softmax(0) if from_lambdas else param.detach()
+        expected_weights.append(
+            torch.eye(3, dtype=torch.float64)[choice] if choice >= 0 else w)
+    expected = KERNEL.switchable_norm(x, None, None, *expected_weights,
+                                      None, None, None, None, 1e-5, False)[0]
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(y)
+    grad[0, 0, 0] = float('inf')
+    y.backward(grad)
+    for param, choice in zip(params, choices):
+        if choice >= 0:
+            assert param.grad.eq(0).all()
+        else:
+            assert not param.grad.eq(0).all()
+    # the learned rows' gradient is the op's with the weights given
+    x.grad = None
+    free = [p.detach().clone().requires_grad_() for p in params]
+    weights = [(f.softmax(0) if from_lambdas else f) if c < 0
+               else torch.eye(3, dtype=torch.float64)[c]
+               for f, c in zip(free, choices)]
+    out = KERNEL.switchable_norm(x, None, None, *weights, None, None, None,
+                                 None, 1e-5, False)[0]
+    g = torch.randn_like(out)
+    out.backward(g)
+    for param in params:
+        param.grad = None
+    KERNEL.switchable_norm(x, None, None, *params, mask, chosen, None, None,
+                           1e-5, False)[0].backward(g)
+    for param, f, c in zip(params, free, choices):
+        if c < 0:
+            torch.testing.assert_close(param.grad, f.grad, rtol=1e-12,
+                                       atol=1e-12)
 
 
 # --------------------------------------------------------------------------

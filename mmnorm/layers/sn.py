@@ -109,7 +109,6 @@ class SwitchableNorm(_BatchNorm):
 
     mean_weight: torch.nn.Parameter
     var_weight: torch.nn.Parameter
-    _softmax_weights = True
 
     def __init__(self, num_features: int, eps: float = 1e-5,
                  momentum: Optional[float] = 0.1, affine: bool = True,
@@ -160,13 +159,6 @@ class SwitchableNorm(_BatchNorm):
         self._mix_flat = SwitchableMix(flat_input=True)
         dispatch.prepare()  # load the kernels now, never inside a trace
 
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        # Layers that keep SN's softmax weights let the library op derive
-        # them from the lambdas; others (SSN) pass their weights.
-        cls._softmax_weights = (
-            cls._forward_weights is SwitchableNorm._forward_weights)
-
     def reset_parameters(self) -> None:
         super().reset_parameters()
         if hasattr(self, 'mean_weight'):
@@ -209,10 +201,15 @@ class SwitchableNorm(_BatchNorm):
         """How the statistics are mixed (SyncSN shares the BN branch)."""
         return self._mix_flat if flat else self._mix_spatial
 
-    def _forward_weights(self, flat: bool) -> tuple[Tensor, Tensor]:
-        """The weights a training/inference forward uses (subclasses may
-        update state here, e.g. SSN freezing a one-hot choice)."""
-        return self.mixing_weights(flat)
+    def _op_weights(self, flat: bool) -> tuple[Tensor, Tensor,
+                                               Optional[Tensor],
+                                               Optional[Tensor]]:
+        """What a training/inference forward hands the op:
+        ``(mean_param, var_param, available, choices)`` (see
+        :func:`mmnorm.ops.switchable_norm`). SN gives its lambdas and the
+        available branches, so the op takes their softmax itself;
+        subclasses may update state here (SSN recording a choice)."""
+        return self.mean_weight, self.var_weight, self._available(flat), None
 
     def ratios(self) -> dict[str, dict[str, float]]:
         """Mixing ratios by name for the input rank last seen, e.g.
@@ -238,18 +235,13 @@ class SwitchableNorm(_BatchNorm):
         # which must not invalidate this forward's graph.
         running = ((None, None) if use_batch
                    else (self.running_mean.clone(), self.running_var.clone()))
+        mean_param, var_param, available, choices = self._op_weights(flat)
         if input.numel() == 0:
-            return self._empty_output(input, *self._forward_weights(flat))
-        if self._softmax_weights:
-            # the op takes the softmax of the lambdas itself
-            mean_param, var_param = self.mean_weight, self.var_weight
-            available = self._available(flat)
-        else:
-            mean_param, var_param = self._forward_weights(flat)
-            available = None
+            return self._empty_output(input, mean_param, var_param)
         y, batch_mean, batch_var = switchable_norm(
             input, self.weight, self.bias, self.eps, self._mix(flat),
-            mean_param, var_param, *running, available=available)
+            mean_param, var_param, *running, available=available,
+            choices=choices)
         if use_batch and self.training and self.track_running_stats:
             self._track(batch_mean, batch_var)
         return y
@@ -257,7 +249,8 @@ class SwitchableNorm(_BatchNorm):
     def _empty_output(self, input: Tensor, *weights: Tensor) -> Tensor:
         """An empty batch (e.g. a mask head without positives) gives an
         empty output like BatchNorm; every parameter stays in the graph
-        with zero gradient so DDP sees none unused."""
+        with zero gradient so DDP sees none unused (``weights``: the
+        mixing params in the graph)."""
         used = sum(w.sum() for w in weights)
         if self.affine:
             used = used + self.weight.sum() + self.bias.sum()
@@ -276,7 +269,12 @@ class SwitchableNorm(_BatchNorm):
                 ``num_batches_tracked`` stay as they are.
         """
         if self._population is not None:
-            self._population.append((batch_mean.float(), batch_var.float()))
+            # recompute_population_stats pools the valid batches afterwards
+            if valid is None:
+                valid = torch.ones((), dtype=torch.bool,
+                                   device=batch_mean.device)
+            self._population.append((batch_mean.float(), batch_var.float(),
+                                     valid))
             return
         if not self.using_moving_average:
             return

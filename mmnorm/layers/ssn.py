@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ..ops.sparsestmax import sparsestmax
+from ..ops.switchable import chosen_weights
 from .sn import SwitchableNorm
 
 _NOT_FIXED = -1
@@ -69,6 +70,7 @@ class SparseSwitchableNorm(SwitchableNorm):
         # Eager only: whether the host has seen, without waiting for the
         # device, that both choices are set (see _frozen_on_host).
         self._host_frozen = False
+        self._host_choices: tuple[int, ...] = ()
         self._host_probe: Optional[tuple[Tensor, object]] = None
 
     # Host reads: for users, logs and tests, never in forward.
@@ -118,8 +120,10 @@ class SparseSwitchableNorm(SwitchableNorm):
         if probe is not None and (probe[1] is None or probe[1].query()):
             self._host_probe = None
             # the host copy's memory, read without dispatching anything
-            if bool((probe[0].numpy() != _NOT_FIXED).all()):
+            choices = tuple(int(c) for c in probe[0].numpy())
+            if _NOT_FIXED not in choices:
                 self._host_frozen = True
+                self._host_choices = choices
                 return True
         if self._host_probe is None:
             choices = torch.stack([self.mean_choice, self.var_choice])
@@ -135,6 +139,7 @@ class SparseSwitchableNorm(SwitchableNorm):
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._host_frozen = False
+        self._host_choices = ()
         self._host_probe = None
         super()._load_from_state_dict(*args, **kwargs)
 
@@ -144,32 +149,25 @@ class SparseSwitchableNorm(SwitchableNorm):
         state['_host_probe'] = None
         return state
 
-    def _weights(self, flat: bool, record: bool) -> tuple[Tensor, Tensor]:
-        """``(3,)`` mean and variance weights from the lambdas.
+    def _choices(self) -> Tensor:
+        """``(2,)`` long: the mean and variance choices (-1: learned)."""
+        return torch.stack([self.mean_choice, self.var_choice])
 
-        Per row of ``[mean, var]``: the one-hot of the choice buffer where
-        it is set, else SparsestMax of the lambda. A frozen row's lambda
-        enters SparsestMax detached, so its gradient is exactly 0 (a
-        ``torch.where`` selection, not a product: also for an inf incoming
-        gradient) while it stays in the graph. With ``record``, a one-hot
-        SparsestMax result becomes the row's choice (in place, on the
-        device).
+    def _learned_weights(self, flat: bool, choices: Tensor,
+                         record: bool) -> Tensor:
+        """``(2, 3)`` SparsestMax weights of the mean and variance lambdas.
+
+        A frozen row's lambda enters SparsestMax detached (its result is
+        replaced by the one-hot of the choice, and its gradient must be
+        exactly 0, also for an inf incoming gradient). With ``record``, a
+        one-hot result of a row still learning becomes its choice (in
+        place, on the device).
         """
         logits = torch.stack([self.mean_weight, self.var_weight])
-        choices = torch.stack([self.mean_choice, self.var_choice])
         frozen = (choices != _NOT_FIXED).unsqueeze(-1)
-        branches = torch.arange(logits.shape[-1], device=choices.device)
-        one_hot = (choices.unsqueeze(-1) == branches).to(logits.dtype)
-        if self._frozen_on_host():
-            # Same result without SparsestMax (about 400 small ops forward
-            # and backward): the one-hot, the lambda in the graph with an
-            # exactly-zero gradient.
-            weights = torch.where(frozen, one_hot, logits)
-            return weights[0], weights[1]
         learned = sparsestmax(
             torch.where(frozen, logits.detach(), logits),
             self.radius, self._available(flat))
-        weights = torch.where(frozen, one_hot, learned)
         if record:
             with torch.no_grad():
                 vertex = (learned > 0).sum(-1) == 1
@@ -178,21 +176,41 @@ class SparseSwitchableNorm(SwitchableNorm):
                     torch.where(vertex, learned.argmax(-1), _NOT_FIXED))
                 self.mean_choice.copy_(new[0])
                 self.var_choice.copy_(new[1])
-        return weights[0], weights[1]
+        return learned
 
     def mixing_weights(self, flat: bool = False) -> tuple[Tensor, Tensor]:
-        return self._weights(flat, record=False)
+        """``(3,)`` mean and variance weights: the one-hot of a row's
+        choice where it is set, else SparsestMax of its lambda."""
+        choices = self._choices()
+        learned = self._learned_weights(flat, choices, record=False)
+        return (chosen_weights(learned[0], choices[0]),
+                chosen_weights(learned[1], choices[1]))
 
-    def _forward_weights(self, flat: bool) -> tuple[Tensor, Tensor]:
-        # A training step, also with norm_eval=True (eval mode while the
-        # lambdas still learn); not validation/test, which run without grad.
+    def _op_weights(self, flat: bool):
+        # The op builds the one-hot of a chosen row itself (and gives its
+        # lambda an exactly-zero gradient), from the choice buffers on the
+        # device. Recording happens in a training step, also with
+        # norm_eval=True (eval mode while the lambdas still learn); not in
+        # validation/test, which run without grad.
+        choices = self._choices()
+        if self._frozen_on_host():
+            # both rows chosen: SparsestMax (about 400 small ops forward
+            # and backward) would be thrown away; the lambdas stay in the
+            # graph through the op
+            return self.mean_weight, self.var_weight, None, choices
         record = torch.is_grad_enabled() and self.mean_weight.requires_grad
-        return self._weights(flat, record)
+        learned = self._learned_weights(flat, choices, record)
+        return learned[0], learned[1], None, choices
 
     def _track(self, batch_mean: Tensor, batch_var: Tensor,
                valid: Optional[Tensor] = None) -> None:
         # A layer whose mean and variance are both frozen to a source other
-        # than BN no longer tracks BN statistics (decided on the device).
+        # than BN no longer tracks BN statistics: decided on the device, or
+        # on the host once it knows both choices (eager; saves small ops).
+        if self._host_frozen:
+            if _BN in self._host_choices:
+                super()._track(batch_mean, batch_var, valid)
+            return
         uses_bn = ((self.mean_choice == _NOT_FIXED)
                    | (self.mean_choice == _BN)
                    | (self.var_choice == _NOT_FIXED)

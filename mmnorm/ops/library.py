@@ -93,7 +93,7 @@ def _fake_switchable_norm_backward(grad_y, x, mean_in, var_in, weight, bias,
 
 
 def _fake_switchable_norm(x, weight, bias, mean_param, var_param, available,
-                          running_mean, running_var, eps, flat):
+                          choices, running_mean, running_var, eps, flat):
     c = x.shape[1]
     stat = _stat_dtype(x.dtype)
     return (torch.empty_like(x, memory_format=torch.contiguous_format),

@@ -49,7 +49,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import dispatch
-from .switchable import KERNEL_MIXES, masked_softmax
+from .switchable import KERNEL_MIXES, chosen_weights, masked_softmax
 
 # A ``mix`` turns the (N, C) IN moments into the statistics to normalize
 # with, and back-propagates through that map by hand (see SwitchableMix):
@@ -318,12 +318,22 @@ class _MomentNorm(torch.autograd.Function):
                 *grad_params)
 
 
+def _weights_of(param: Tensor, available: Optional[Tensor],
+                choices: Optional[Tensor], row: int) -> Tensor:
+    """What the library op derives from its params, in Python ops."""
+    weights = param if available is None else masked_softmax(param,
+                                                             available)
+    return weights if choices is None else chosen_weights(weights,
+                                                          choices[row])
+
+
 def switchable_norm(x: Tensor, weight: Optional[Tensor],
                     bias: Optional[Tensor], eps: float, mix: MixFn,
                     mean_param: Tensor, var_param: Tensor,
                     running_mean: Optional[Tensor] = None,
                     running_var: Optional[Tensor] = None,
-                    available: Optional[Tensor] = None
+                    available: Optional[Tensor] = None,
+                    choices: Optional[Tensor] = None
                     ) -> tuple[Tensor, Tensor, Tensor]:
     """Normalize ``x`` with SN-family statistics mixed by ``mix``.
 
@@ -340,30 +350,31 @@ def switchable_norm(x: Tensor, weight: Optional[Tensor],
         running_mean, running_var: ``(C,)`` BN statistics to use instead
             of the batch's, or ``None``.
         available: ``(3,)`` bool mask of the branches the softmax covers.
+        choices: ``(2,)`` long, a frozen branch index for the means and
+            the variances or -1: a chosen row uses the one-hot of its
+            branch and its param gets an exactly-zero gradient (SSN's
+            frozen choices, applied inside the op without a host read).
 
     Returns:
         ``(y, batch_mean, batch_var)``: ``y`` of the shape and dtype of
         ``x``; the ``(C,)`` BN statistics the layer used (no gradient).
     """
     backend = dispatch.backend_for(x)
+    if backend not in (dispatch.EXPORT, dispatch.COMPOSED) \
+            and type(mix) in KERNEL_MIXES:
+        return torch.ops.mmnorm.switchable_norm(
+            x, weight, bias, mean_param, var_param, available, choices,
+            running_mean, running_var, eps, mix.flat_input)
+    mean_weight = _weights_of(mean_param, available, choices, 0)
+    var_weight = _weights_of(var_param, available, choices, 1)
     if backend == dispatch.EXPORT:
         from .plain import switchable_norm_plain
-        if available is not None:
-            mean_param = masked_softmax(mean_param, available)
-            var_param = masked_softmax(var_param, available)
-        return switchable_norm_plain(x, weight, bias, mean_param, var_param,
-                                     running_mean, running_var, eps,
-                                     mix.flat_input)
-    if backend != dispatch.COMPOSED and type(mix) in KERNEL_MIXES:
-        return torch.ops.mmnorm.switchable_norm(
-            x, weight, bias, mean_param, var_param, available, running_mean,
-            running_var, eps, mix.flat_input)
-    if available is not None:
-        mean_param = masked_softmax(mean_param, available)
-        var_param = masked_softmax(var_param, available)
+        return switchable_norm_plain(x, weight, bias, mean_weight,
+                                     var_weight, running_mean, running_var,
+                                     eps, mix.flat_input)
     x3 = x.reshape(x.shape[0], x.shape[1], -1)
     y, *aux = _MomentNorm.apply(x3, weight, bias, eps, mix, backend,
-                                mean_param, var_param, running_mean,
+                                mean_weight, var_weight, running_mean,
                                 running_var)
     return (y.view(x.shape), *aux)
 

@@ -44,6 +44,19 @@ def masked_softmax(logits: Tensor, available: Tensor) -> Tensor:
     return logits.masked_fill(~available, float('-inf')).softmax(0)
 
 
+def chosen_weights(weights: Tensor, choice: Tensor) -> Tensor:
+    """``weights``, or the one-hot of branch ``choice`` where that is set.
+
+    Args:
+        weights: ``(K,)`` mixing weights.
+        choice: 0-dim long tensor, a branch index or -1 (none: the weights
+            stay). A chosen row's weights get an exactly-zero gradient.
+    """
+    branches = torch.arange(weights.shape[0], device=choice.device)
+    one_hot = (branches == choice).to(weights.dtype)
+    return torch.where(choice >= 0, one_hot, weights)
+
+
 class SwitchableMix:
     """Mixes IN, LN and BN statistics; a ``mix`` for ``moment_norm``.
 

@@ -724,10 +724,13 @@ sn_mix_backward(const Tensor& sum_dy, const Tensor& sum_dy_xc,
 //           grad_var_weight); grad_x is empty (0,) unless input_grad, and
 //           grad_weight / grad_bias are empty without weight / bias.
 //   switchable_norm(x, weight?, bias?, mean_param, var_param, available?,
-//       running_mean?, running_var?, eps, flat) -> (y, mean_bn, var_bn)
+//       choices?, running_mean?, running_var?, eps, flat)
+//       -> (y, mean_bn, var_bn)
 //       with `available` ((3,) bool) the params are lambdas and the weights
 //       their softmax over the available branches; without it the params
-//       are the weights.
+//       are the weights. `choices` ((2,) long, [mean, var]): a row whose
+//       entry is >= 0 uses the one-hot of that branch, and its param gets an
+//       exactly-zero gradient (SSN's frozen choices, read on the device).
 //
 // The first two are device ops: their CPU kernels are here, their CUDA
 // (Triton) and fake kernels are registered from Python
@@ -877,14 +880,36 @@ BackwardResult call_backward(
                  input_grad);
 }
 
-// The (3,) weights: softmax of the lambdas over the available branches (0
-// elsewhere), in tensor ops only, so that fake tensors trace through.
+// Row `row` (0: means, 1: variances) of the (3,) mixing weights, in tensor
+// ops only, so that fake tensors trace through: the softmax of the lambda
+// over the available branches (0 elsewhere), or the param itself without
+// `available`; where `choices[row]` >= 0 (a frozen SSN choice), the one-hot
+// of that branch instead.
 Tensor mixing_weights(const Tensor& param,
-                      const std::optional<Tensor>& available) {
-  if (!available.has_value()) {
-    return param;
+                      const std::optional<Tensor>& available,
+                      const std::optional<Tensor>& choices, int64_t row) {
+  Tensor weights =
+      available.has_value()
+          ? param.masked_fill(available->logical_not(), -INFINITY).softmax(0)
+          : param;
+  if (!choices.has_value()) {
+    return weights;
   }
-  return param.masked_fill(available->logical_not(), -INFINITY).softmax(0);
+  const Tensor choice = choices->select(0, row);
+  const Tensor one_hot = at::arange(weights.size(0), choice.options())
+                             .eq(choice)
+                             .to(weights.scalar_type());
+  return at::where(choice.ge(0), one_hot, weights);
+}
+
+// The lambda gradient of a frozen row is exactly 0 (also where the incoming
+// gradient is inf or NaN): the lambda stays in the graph, unused.
+Tensor frozen_rows_zero(const Tensor& grad,
+                        const std::optional<Tensor>& choices, int64_t row) {
+  if (!choices.has_value()) {
+    return grad;
+  }
+  return grad.masked_fill(choices->select(0, row).ge(0), 0.0);
 }
 
 class SwitchableNormFunction
@@ -896,12 +921,15 @@ class SwitchableNormFunction
                                const Tensor& mean_param,
                                const Tensor& var_param,
                                const std::optional<Tensor>& available,
+                               const std::optional<Tensor>& choices,
                                const std::optional<Tensor>& running_mean,
                                const std::optional<Tensor>& running_var,
                                double eps, bool flat) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    const Tensor mean_weight = mixing_weights(mean_param, available);
-    const Tensor var_weight = mixing_weights(var_param, available);
+    const Tensor mean_weight =
+        mixing_weights(mean_param, available, choices, 0);
+    const Tensor var_weight =
+        mixing_weights(var_param, available, choices, 1);
     auto [y, mean_in, var_in, mean_bn, var_bn] =
         call_forward(x, weight, bias, mean_weight, var_weight, running_mean,
                      running_var, eps, flat);
@@ -909,7 +937,8 @@ class SwitchableNormFunction
     ctx->save_for_backward({x, mean_in, var_in, or_undefined(weight),
                             or_undefined(bias), mean_weight, var_weight,
                             or_undefined(running_mean),
-                            or_undefined(running_var)});
+                            or_undefined(running_var),
+                            or_undefined(choices)});
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["flat"] = flat;
     ctx->saved_data["from_lambdas"] = available.has_value();
@@ -966,12 +995,15 @@ class SwitchableNormFunction
       grad_var_w =
           var_weight.mul(grad_var_w.sub(var_weight.mul(grad_var_w).sum()));
     }
+    const auto choices = if_defined(saved[9]);
+    grad_mean_w = frozen_rows_zero(grad_mean_w, choices, 0);
+    grad_var_w = frozen_rows_zero(grad_var_w, choices, 1);
     return {ctx->needs_input_grad(0) ? grad_x : Tensor(),
             weight ? grad_weight : Tensor(),
             bias ? grad_bias : Tensor(),
             grad_mean_w,
             grad_var_w,
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -979,11 +1011,12 @@ std::tuple<Tensor, Tensor, Tensor> switchable_norm_autograd(
     const Tensor& x, const std::optional<Tensor>& weight,
     const std::optional<Tensor>& bias, const Tensor& mean_param,
     const Tensor& var_param, const std::optional<Tensor>& available,
+    const std::optional<Tensor>& choices,
     const std::optional<Tensor>& running_mean,
     const std::optional<Tensor>& running_var, double eps, bool flat) {
   const variable_list out = SwitchableNormFunction::apply(
-      x, weight, bias, mean_param, var_param, available, running_mean,
-      running_var, eps, flat);
+      x, weight, bias, mean_param, var_param, available, choices,
+      running_mean, running_var, eps, flat);
   return {out[0], out[1], out[2]};
 }
 
@@ -993,12 +1026,13 @@ std::tuple<Tensor, Tensor, Tensor> switchable_norm_inference(
     const Tensor& x, const std::optional<Tensor>& weight,
     const std::optional<Tensor>& bias, const Tensor& mean_param,
     const Tensor& var_param, const std::optional<Tensor>& available,
+    const std::optional<Tensor>& choices,
     const std::optional<Tensor>& running_mean,
     const std::optional<Tensor>& running_var, double eps, bool flat) {
   auto [y, mean_in, var_in, mean_bn, var_bn] = call_forward(
-      x, weight, bias, mixing_weights(mean_param, available),
-      mixing_weights(var_param, available), running_mean, running_var, eps,
-      flat);
+      x, weight, bias, mixing_weights(mean_param, available, choices, 0),
+      mixing_weights(var_param, available, choices, 1), running_mean,
+      running_var, eps, flat);
   return {y, mean_bn, var_bn};
 }
 
@@ -1036,8 +1070,8 @@ TORCH_LIBRARY(mmnorm, m) {
   m.def(
       "switchable_norm(Tensor x, Tensor? weight, Tensor? bias, "
       "Tensor mean_param, Tensor var_param, Tensor? available, "
-      "Tensor? running_mean, Tensor? running_var, float eps, bool flat) -> "
-      "(Tensor, Tensor, Tensor)");
+      "Tensor? choices, Tensor? running_mean, Tensor? running_var, "
+      "float eps, bool flat) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mmnorm, CPU, m) {
