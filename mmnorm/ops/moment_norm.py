@@ -28,7 +28,9 @@ Which code runs those passes is decided in one place,
   Triton launchers, or stock PyTorch ops (``var_mean``; ``batch_norm`` in
   inference mode as a centred per-row affine map; the centred row sums of
   ``native_batch_norm_backward``): forward 2 reads + 1 write, backward
-  three ops, all centred;
+  three ops, all centred (on the CPU the moments take two vectorized passes
+  instead, much faster there than ``var_mean``: see
+  :func:`mmnorm.ops.dispatch.composed_moments`);
 * ``export``: plain ops (:mod:`mmnorm.ops.plain`).
 
 Everything between the moments and the per-row coefficients lives on
@@ -136,7 +138,14 @@ class _ComposedRows:
         return x3.to(_stat_dtype(x3)).reshape(1, -1, x3.shape[2])
 
     def moments(self, x3):
-        var, mean = torch.var_mean(self._rows(x3), dim=(0, 2), correction=0)
+        rows = self._rows(x3)
+        if dispatch.composed_moments(x3) == dispatch.TWO_PASS:
+            mean = rows.mean(dim=(0, 2))
+            centred = F.batch_norm(rows, mean, torch.ones_like(mean), None,
+                                   None, False, 0.0, 0.0)
+            norm = torch.linalg.vector_norm(centred, dim=(0, 2))
+            return mean, norm.square() / rows.shape[2]
+        var, mean = torch.var_mean(rows, dim=(0, 2), correction=0)
         return mean, var
 
     @staticmethod
