@@ -106,3 +106,30 @@ def test_hook_recomputes_before_the_checkpoint_is_written(tmp_path):
                                rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(capture.saved['body.1.running_mean'],
                                body[1].running_mean)
+
+
+def test_void_batches_are_left_out_of_the_population():
+    # SyncSN hands _track a batch with valid=False when every rank's batch
+    # was empty (NaN statistics): the pooled statistics must skip it
+    torch.manual_seed(0)
+    model = _model()
+    batches = [torch.randn(2, 3, 8, 8) + 1.5, torch.randn(3, 3, 8, 8)]
+    void = object()
+
+    def forward(m, batch):
+        if batch is void:
+            nan = torch.full((6,), float('nan'))
+            m[1]._track(nan, nan, valid=torch.tensor(False))
+        else:
+            m(batch)
+
+    used = recompute_population_stats(
+        model, [void, batches[0], void, batches[1]], forward=forward)
+    assert used == 4
+    mean, var = _expected(model, batches)
+    torch.testing.assert_close(model[1].running_mean, mean.float())
+    torch.testing.assert_close(model[1].running_var, var.float())
+    # only void batches: the buffers stay as they were
+    before = model[1].running_mean.clone()
+    recompute_population_stats(model, [void], forward=forward)
+    assert torch.equal(model[1].running_mean, before)

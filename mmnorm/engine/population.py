@@ -84,10 +84,15 @@ def recompute_population_stats(
             forward(model, batch)
             used += 1
         for layer in layers:
-            if not layer._population:
+            # batches whose statistics are void (e.g. SyncSN with every
+            # rank's batch empty) are left out
+            valid = [bool(ok) for _, _, ok in layer._population or ()]
+            if not any(valid):
                 continue
-            means = torch.stack([m for m, _ in layer._population])
-            variances = torch.stack([v for _, v in layer._population])
+            means = torch.stack([m for (m, _, _), ok
+                                 in zip(layer._population, valid) if ok])
+            variances = torch.stack([v for (_, v, _), ok
+                                     in zip(layer._population, valid) if ok])
             mean, var = pool_moments(means, variances)
             layer.running_mean.copy_(mean)
             layer.running_var.copy_(var)
