@@ -6,14 +6,14 @@
 #   tools/demo.sh [PROCESSES]        (default 2; PYTHON overrides python,
 #                                     WORK the output folder, PORT the port,
 #                                     CONFIG another demo config, NUM_TRAIN
-#                                     the training scenes, default 2000)
+#                                     the training scenes, default 2400)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 NPROC=${1:-2}
 CONFIG=${CONFIG:-configs/demo/mask-rcnn_r18-sn_fpn-sn_synthetic-coco.py}
 DATA=data/synthetic_coco_demo
-NUM_TRAIN=${NUM_TRAIN:-2000}
+NUM_TRAIN=${NUM_TRAIN:-2400}
 WORK=${WORK:-work_dirs/demo}
 say() { printf '\033[1m[demo]\033[0m %s\n' "$*"; }
 
@@ -36,7 +36,7 @@ progress() {  # one short line per logged training interval, with the ETA
 say "1/4 synthetic COCO data in $DATA (seeded; generated once)"
 $PYTHON -c "from mmnorm.datasets import ensure_synthetic_coco as e; e('$DATA', seed=0, num_train=$NUM_TRAIN, num_val=50, inside=True, max_occlusion=0.5, workers=$NPROC)"
 
-say "2/4 training $CONFIG with $NPROC CPU processes (about 12 minutes on 2 cores)"
+say "2/4 training $CONFIG with $NPROC CPU processes (about 8 minutes on 2 cores)"
 rm -rf "$WORK" && mkdir -p "$WORK"
 # torch.distributed.run gives every process one thread (OMP_NUM_THREADS=1)
 if ! PYTHON=$PYTHON PORT=${PORT:-29533} tools/dist_train.sh "$CONFIG" "$NPROC" \
