@@ -1,8 +1,29 @@
-"""Sparsemax / SparsestMax against independent computations."""
+"""Sparsemax / SparsestMax against independent computations.
+
+Every test runs twice: with the library op ``torch.ops.mmnorm.sparsestmax``
+(the kernel backends) and with the rounds in plain tensor ops (export and
+the composed path), switched by the kernel switch."""
 import pytest
 import torch
+from torch.library import opcheck
 
+from mmnorm.ops import _kernel, dispatch
 from mmnorm.ops.sparsestmax import sparsemax, sparsestmax
+
+LIBRARY = _kernel.get() is not None
+
+
+@pytest.fixture(autouse=True, params=['library_op', 'plain_rounds'])
+def implementation(request, monkeypatch):
+    if request.param == 'library_op':
+        if not LIBRARY:
+            pytest.skip('the compiled library did not load')
+        expected = dispatch.CPU_KERNEL
+    else:
+        monkeypatch.setattr(_kernel, 'ENABLED', False)
+        expected = dispatch.COMPOSED
+    assert dispatch.backend_for(torch.zeros(1)) == expected
+    return request.param
 
 
 def _project_by_bisection(z):
@@ -228,3 +249,48 @@ def test_gradcheck_batched_with_a_mask():
         assert torch.autograd.gradcheck(
             lambda t, r=radius, m=mask: sparsestmax(
                 t, torch.tensor(r, dtype=torch.float64), m), (z,))
+
+
+def test_the_library_op_passes_opcheck(implementation):
+    if implementation != 'library_op':
+        pytest.skip('the library op only')
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 3, generator=gen, requires_grad=True)
+    for radius, mask in ((0.3, None), (0.7, torch.tensor([False, True, True])),
+                         (0.0, torch.tensor([True, True, True]))):
+        opcheck(torch.ops.mmnorm.sparsestmax, (z, torch.tensor(radius), mask))
+
+
+def test_the_library_op_equals_the_plain_rounds_forward_and_backward(
+        implementation):
+    from mmnorm.ops.sparsestmax import _available_mask, _sparsestmax_rounds
+    if implementation != 'library_op':
+        pytest.skip('compares the two implementations')
+    gen = torch.Generator().manual_seed(11)
+    for trial in range(200):
+        z = torch.randn(2, 3, dtype=torch.float64, generator=gen) * (
+            3 * torch.rand((), dtype=torch.float64, generator=gen))
+        if trial % 10 == 0:
+            z[0] = z[0, 0]  # uniform lambdas: the tie direction
+        radius = 1.1 * torch.rand((), dtype=torch.float64, generator=gen)
+        mask = None if trial % 3 else torch.tensor([trial % 2 == 0, True,
+                                                    True])
+        a = z.clone().requires_grad_()
+        b = z.clone().requires_grad_()
+        got = torch.ops.mmnorm.sparsestmax(a, radius, mask)
+        want = _sparsestmax_rounds(b, radius, _available_mask(b, mask))
+        assert torch.equal(got, want)
+        g = torch.randn(2, 3, dtype=torch.float64, generator=gen)
+        got.backward(g)
+        want.backward(g)
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
+
+
+def test_second_derivatives_are_refused_when_taken(implementation):
+    if implementation != 'library_op':
+        pytest.skip('the library op only')
+    z = torch.tensor([1.2, 1.0, 0.9], requires_grad=True)
+    (grad,) = torch.autograd.grad((sparsestmax(z, 0.3) ** 2).sum(), z,
+                                  create_graph=True)
+    with pytest.raises(RuntimeError, match='second derivatives'):
+        grad.sum().backward()

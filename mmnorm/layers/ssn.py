@@ -194,9 +194,9 @@ class SparseSwitchableNorm(SwitchableNorm):
         # validation/test, which run without grad.
         choices = self._choices()
         if self._frozen_on_host():
-            # both rows chosen: SparsestMax (about 400 small ops forward
-            # and backward) would be thrown away; the lambdas stay in the
-            # graph through the op
+            # both rows chosen: SparsestMax (about 300 ATen ops forward
+            # and backward, inside its op) would be thrown away; the
+            # lambdas stay in the graph through the norm op
             return self.mean_weight, self.var_weight, None, choices
         record = torch.is_grad_enabled() and self.mean_weight.requires_grad
         learned = self._learned_weights(flat, choices, record)

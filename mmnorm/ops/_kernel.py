@@ -30,8 +30,9 @@ from typing import Any, Optional
 import torch
 from torch.utils import cpp_extension
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc',
-                       'moment_norm.cpp')
+_SOURCES = [os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc',
+                         name) for name in ('moment_norm.cpp',
+                                            'sparsestmax.cpp')]
 _LIB_PREFIX = 'mmnorm_ops_'
 
 #: Set to False (or the environment variable ``MMNORM_NO_KERNEL=1``) to
@@ -94,7 +95,7 @@ def _build(library: str, flags: list[str]) -> None:
         raise RuntimeError('no C++ compiler found (set CXX or install g++)')
     os.makedirs(os.path.dirname(library), exist_ok=True)
     torch_libs = cpp_extension.library_paths()
-    command = [compiler, _SOURCE, *flags]
+    command = [compiler, *_SOURCES, *flags]
     command += [f'-I{path}' for path in cpp_extension.include_paths()]
     command += [f'-L{path}' for path in torch_libs]
     command += [f'-Wl,-rpath,{path}' for path in torch_libs]
@@ -137,8 +138,11 @@ def _build_locked(library: str, flags: list[str]) -> None:
 
 
 def _load() -> Any:
-    with open(_SOURCE, 'rb') as f:
-        source = f.read()
+    source = b''
+    for path in _SOURCES:
+        with open(path, 'rb') as f:
+            source += f.read() + b'\0'
+
     flags = _compile_flags()
     library = _library_path(source, flags)
     if not os.path.isfile(library):

@@ -100,6 +100,10 @@ def _fake_switchable_norm(x, weight, bias, mean_param, var_param, available,
             x.new_empty((c,), dtype=stat), x.new_empty((c,), dtype=stat))
 
 
+def _fake_sparsestmax(z, radius, available):
+    return torch.empty_like(z)
+
+
 _FAKES = {
     'row_moments': _fake_row_moments,
     'row_affine': _fake_row_affine,
@@ -110,6 +114,7 @@ _FAKES = {
     'switchable_norm_forward': _fake_switchable_norm_forward,
     'switchable_norm_backward': _fake_switchable_norm_backward,
     'switchable_norm': _fake_switchable_norm,
+    'sparsestmax': _fake_sparsestmax,
 }
 
 
