@@ -24,7 +24,7 @@ setup(
     license='Apache-2.0',
     packages=find_packages(include=['mmnorm', 'mmnorm.*']),
     # the CPU kernel's source, compiled on first use (mmnorm/ops/_kernel.py)
-    package_data={'mmnorm.ops': ['csrc/*.cpp']},
+    package_data={'mmnorm.ops': ['csrc/*.cpp', 'csrc/*.h']},
     python_requires='>=3.9',
     # The full pinned stack is in requirements/stack.txt and is installed by
     # tools/setup_env.sh; only what `import mmnorm` needs is declared here,

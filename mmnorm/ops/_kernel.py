@@ -30,9 +30,11 @@ from typing import Any, Optional
 import torch
 from torch.utils import cpp_extension
 
-_SOURCES = [os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc',
-                         name) for name in ('moment_norm.cpp',
-                                            'sparsestmax.cpp')]
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc')
+_SOURCES = [os.path.join(_CSRC, name)
+            for name in ('moment_norm.cpp', 'sparsestmax.cpp')]
+#: hashed with the sources: a change rebuilds the library
+_HEADERS = [os.path.join(_CSRC, 'once_differentiable.h')]
 _LIB_PREFIX = 'mmnorm_ops_'
 
 #: Set to False (or the environment variable ``MMNORM_NO_KERNEL=1``) to
@@ -139,7 +141,7 @@ def _build_locked(library: str, flags: list[str]) -> None:
 
 def _load() -> Any:
     source = b''
-    for path in _SOURCES:
+    for path in (*_SOURCES, *_HEADERS):
         with open(path, 'rb') as f:
             source += f.read() + b'\0'
 

@@ -32,6 +32,8 @@
 #include <c10/util/irange.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
+
+#include "once_differentiable.h"
 #include <torch/library.h>
 
 #include <algorithm>
@@ -947,28 +949,10 @@ class SwitchableNormFunction
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    // Differentiable once, like the composed path (@once_differentiable):
-    // with create_graph=True the gradients come back attached to a node
-    // that raises if they are differentiated again.
-    const bool create_graph = at::GradMode::is_enabled();
-    variable_list out;
-    {
-      at::NoGradGuard no_grad;
-      out = first_order_backward(ctx, grads);
-    }
-    if (!create_graph) {
-      return out;
-    }
-    for (Tensor& grad : out) {
-      if (grad.defined()) {
-        grad = grad.detach();
-        grad.set_requires_grad(true);
-      }
-    }
-    return torch::autograd::DelayedError(
+    return mmnorm::once_differentiable(
         "mmnorm switchable_norm: second derivatives are not implemented "
         "(SN/SSN layers are differentiable once)",
-        static_cast<int64_t>(out.size()))(std::move(out));
+        [&] { return first_order_backward(ctx, grads); });
   }
 
  private:

@@ -17,11 +17,12 @@
 // and matches autograd on the Python reference (tests/test_sparsestmax.py).
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <vector>
+
+#include "once_differentiable.h"
 
 namespace {
 
@@ -216,24 +217,11 @@ class SparsestMaxFunction
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    // Differentiable once (as the SN op): with create_graph=True the
-    // gradient comes back attached to a node that raises if differentiated
-    // again.
-    const bool create_graph = at::GradMode::is_enabled();
-    Tensor grad_z;
-    {
-      at::NoGradGuard no_grad;
-      grad_z = first_order_backward(ctx, grads);
-    }
-    if (!create_graph) {
-      return {grad_z, Tensor(), Tensor()};
-    }
-    grad_z = grad_z.detach();
-    grad_z.set_requires_grad(true);
-    variable_list out = torch::autograd::DelayedError(
-        "mmnorm sparsestmax: second derivatives are not implemented", 1)(
-        {grad_z});
-    return {out[0], Tensor(), Tensor()};
+    return mmnorm::once_differentiable(
+        "mmnorm sparsestmax: second derivatives are not implemented", [&] {
+          return variable_list{first_order_backward(ctx, grads), Tensor(),
+                               Tensor()};
+        });
   }
 
  private:
