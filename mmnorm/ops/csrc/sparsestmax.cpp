@@ -112,7 +112,6 @@ Forward forward_rounds(const Tensor& z, const Tensor& radius_in,
     const Tensor dist = at::linalg_vector_norm(offset, 2, {-1}, true);
     const Tensor stays = size.le(1) | remaining_sq.le(0) | dist.ge(r);
     const Tensor tie = dist.lt(kTieDistance);
-    const Tensor safe = at::where(dist.gt(0), dist, at::ones_like(dist));
     const Tensor direction = at::where(tie, tie_offset, offset);
     const Tensor length = at::where(tie, tie_dist, dist);
     Tensor pushed =
@@ -124,7 +123,8 @@ Forward forward_rounds(const Tensor& z, const Tensor& radius_in,
     out = at::where(done, out, at::where(stays, w, pushed));
     const Tensor done_out = done | stays | inside;
     const Tensor projected = sparsemax(pushed, avail);
-    if (keep) {
+    if (keep) {  // what the backward needs (the forward alone skips it)
+      const Tensor safe = at::where(dist.gt(0), dist, at::ones_like(dist));
       f.rounds.push_back(Round{w, centre, r / safe, offset / safe, tie,
                                stays, done, done_out, projected});
     }
